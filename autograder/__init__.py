@@ -1,0 +1,1 @@
+"""nbgrader configuration and the course's release and grading pipeline (maintainers' side)."""

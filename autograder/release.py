@@ -1,0 +1,75 @@
+"""`make release`: regenerate lessons/ from solutions/ with nbgrader's generate_assignment.
+
+Runs nbgrader in a throw-away working copy, then replaces lessons/ with what it made, so a failed
+run never leaves lessons/ half written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = Path(__file__).resolve().parent / "nbgrader_config.py"
+
+
+def assignments(root: Path = ROOT) -> list[str]:
+    """The course's assignments: one folder per stage under solutions/, in order."""
+    return sorted(p.name for p in (root / "solutions").iterdir()
+                  if p.is_dir() and any(p.glob("*.ipynb")))
+
+
+def write_config(course_root: Path) -> None:
+    """nbgrader reads nbgrader_config.py from its working directory: point it at the course's."""
+    path = Path(course_root) / "nbgrader_config.py"
+    text = f"c = get_config()  # noqa: F821\nload_subconfig({str(CONFIG)!r})  # noqa: F821\n"
+    if Path(course_root).resolve() != ROOT and (not path.exists() or path.read_text() != text):
+        path.write_text(text)
+
+
+def nbgrader(args: list[str], course_root: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run nbgrader with the course config on ``course_root``; the venv's bin/ on PATH."""
+    write_config(course_root)
+    env = dict(os.environ)
+    env["FPNLAB_COURSE_ROOT"] = str(course_root)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [sys.executable, "-m", "nbgrader", *args]
+    proc = subprocess.run(cmd, cwd=course_root, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"nbgrader {' '.join(args)} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def generate(into: Path, names: list[str] | None = None, root: Path = ROOT) -> Path:
+    """Generate the release of ``names`` (default: all) under ``into``/lessons; returns it."""
+    names = names or assignments(root)
+    shutil.copytree(root / "solutions", into / "solutions",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    for name in names:
+        nbgrader(["generate_assignment", name, "--force", "--no-db"], into)
+    return into / "lessons"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="assignments to regenerate (default: all)")
+    args = parser.parse_args(argv)
+    names = args.names or assignments()
+    with tempfile.TemporaryDirectory(prefix="fpnlab-release-") as tmp:
+        out = generate(Path(tmp), names)
+        for name in names:
+            dest = ROOT / "lessons" / name
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.copytree(out / name, dest)
+            print(f"lessons/{name}: regenerated from solutions/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Checks that teach: is a learner's tensor real, of the right dtype, device, shape and values?
+
+Every failure raises :class:`CheckError` (an ``AssertionError``, so nbgrader counts it as a failed
+test) whose message names the stage, the expected and the actual value, and the likely cause::
+
+    C3: shape (1, 512, 60, 71) but expected (1, 512, 60, 72).
+      W is off by one at C3 (71 instead of 72): is the input padded to a multiple of 32
+      (size_divisible)?
+
+The checks trust nothing the learner's code can rebind: ``type(x) is torch.Tensor`` (not
+``isinstance``, not a ``.shape`` attribute), and they use the saved originals of the torch
+functions they call.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from .shapes import REFERENCE, Config, Shape, stage_shapes
+
+# Saved at import: a notebook that rebinds torch.allclose & co. cannot make a check pass.
+_Tensor = torch.Tensor
+_isclose = torch.isclose
+_isfinite = torch.isfinite
+_abs = torch.abs
+_argmax = torch.argmax
+_unravel = torch.unravel_index
+_float64 = torch.float64
+
+P_LEVELS = ("P3", "P4", "P5", "P6", "P7")
+
+
+class CheckError(AssertionError):
+    """A failed check: ``stage``, ``expected``, ``actual`` and ``cause`` are kept as attributes."""
+
+    def __init__(self, stage: str, what: str, expected, actual, cause: Optional[str] = None):
+        self.stage, self.what, self.expected, self.actual, self.cause = (
+            stage, what, expected, actual, cause)
+        msg = f"{stage}: {what} {actual} but expected {expected}."
+        if cause:
+            msg += f"\n  {cause}"
+        super().__init__(msg)
+
+
+def _axis(i: int, ndim: int) -> str:
+    names = {ndim - 1: "W", ndim - 2: "H", ndim - 3: "C", ndim - 4: "N"}
+    return names.get(i, f"dim {i}")
+
+
+def diagnose(stage: str, expected: Sequence[int], actual: Sequence[int]) -> Optional[str]:
+    """The likely cause of a shape mismatch at ``stage``, or None when none of the known
+    patterns fits. Pure arithmetic on the two shapes; never the answer code."""
+    expected, actual = tuple(expected), tuple(actual)
+    if expected == actual:
+        return None
+    if len(expected) != len(actual):
+        if len(actual) == len(expected) - 1 and actual == expected[1:]:
+            return "the batch dimension N is missing: add it with x[None] or unsqueeze(0)."
+        if len(actual) == len(expected) + 1 and actual[1:] == expected:
+            return "there is an extra leading dimension: this stage has no batch dimension."
+        return f"expected {len(expected)} dimensions, got {len(actual)}."
+    nd = len(expected)
+    causes = []
+    for i, (e, a) in enumerate(zip(expected, actual)):
+        if e == a:
+            continue
+        axis = _axis(i, nd)
+        if axis in ("H", "W"):
+            if abs(e - a) == 1:
+                if stage == "resized":
+                    causes.append(f"{axis} is off by one at resized ({a} instead of {e}): the long "
+                                  "side is truncated with int(), not rounded.")
+                elif stage == "padded":
+                    causes.append(f"{axis} is off by one at padded ({a} instead of {e}): round up "
+                                  "to the next multiple of size_divisible (math.ceil).")
+                else:
+                    causes.append(f"{axis} is off by one at {stage} ({a} instead of {e}): is the "
+                                  "input padded to a multiple of 32 (size_divisible)?")
+            elif a in ((e + 1) // 2, e // 2):
+                causes.append(f"{axis} is halved once too often at {stage} ({a} instead of {e}): "
+                              "an extra stride 2 or pooling?")
+            elif a in (2 * e, 2 * e - 1):
+                causes.append(f"{axis} is halved once too rarely at {stage} ({a} instead of {e}): "
+                              "a missing stride 2 or the stem's max-pool?")
+            elif a in ((e + 3) // 4, e // 4):
+                causes.append(f"{axis} is halved twice too often at {stage} ({a} instead of {e}).")
+            elif a in (4 * e, 4 * e - 1, 4 * e - 2, 4 * e - 3):
+                causes.append(f"{axis} is halved twice too rarely at {stage} ({a} instead of {e}).")
+            else:
+                causes.append(f"{axis} is {a} instead of {e} at {stage}.")
+        elif axis == "C":
+            if stage in P_LEVELS and {e, a} == {256, 1024}:
+                causes.append(f"{a} channels instead of {e}: out_channels. The reference uses "
+                              "RESNETS.BACKBONE_OUT_CHANNELS = 1024; the shipped RetinaNet/FCOS "
+                              "configs use 256.")
+            elif stage in ("P6 input", "p6 input") and (e, a) == (2048, 1024):
+                causes.append("P6 reads 1024 channels instead of 2048: it was fed P5. P6 reads "
+                              "C5 unless in_channels == out_channels (the use_P5 rule).")
+            elif a * 4 == e or a == e * 4:
+                causes.append(f"{a} channels instead of {e}: the bottleneck expansion is 4 "
+                              "(out = 4 x width).")
+            elif a * 2 == e or a == e * 2:
+                causes.append(f"{a} channels instead of {e}: one stage off? Channels double "
+                              "from one stage to the next.")
+            else:
+                causes.append(f"{a} channels instead of {e} at {stage}.")
+        elif axis == "N":
+            causes.append(f"batch size {a} instead of {e}.")
+        else:
+            causes.append(f"{axis} is {a} instead of {e}.")
+    return " ".join(causes) if causes else None
+
+
+def check_type(x, stage: str) -> None:
+    """``x`` must be a real ``torch.Tensor`` (not a subclass, not an object with ``.shape``)."""
+    if type(x) is not _Tensor:
+        kind = type(x).__name__
+        cause = ("an object that only looks like a tensor is not accepted: return the tensor "
+                 "itself." if hasattr(x, "shape") else None)
+        if x is None:
+            cause = "the function returned None: is a `return` missing?"
+        raise CheckError(stage, "got a", "a torch.Tensor", kind, cause)
+
+
+def check_tensor(x, stage: str, shape: Optional[Sequence[int]] = None, *,
+                 dtype: Optional[torch.dtype] = torch.float32,
+                 device: Optional[torch.device | str] = None) -> None:
+    """Type, dtype, device, then shape (each only when given)."""
+    check_type(x, stage)
+    if dtype is not None and x.dtype != dtype:
+        cause = None
+        if x.dtype == torch.uint8:
+            cause = "uint8 pixels must become float32 before normalisation (ToTensor / .float())."
+        elif x.dtype == torch.float64:
+            cause = "float64 crept in (a NumPy array?): use float32."
+        raise CheckError(stage, "dtype", dtype, x.dtype, cause)
+    if device is not None:
+        want = torch.device(device)
+        if x.device.type != want.type:
+            raise CheckError(stage, "device", want, x.device,
+                             "modules follow their input: create new tensors on x.device.")
+    if shape is not None:
+        check_shape(x, stage, shape)
+
+
+def check_shape(x, stage: str, shape: Sequence[int]) -> None:
+    """``x.shape`` equals ``shape``, with the likely cause when it does not."""
+    check_type(x, stage)
+    actual, expected = tuple(int(d) for d in x.shape), tuple(int(d) for d in shape)
+    if actual != expected:
+        raise CheckError(stage, "shape", expected, actual, diagnose(stage, expected, actual))
+
+
+def check_stage(x, stage: str, height: int, width: int, config: Config = REFERENCE, *,
+                dtype: Optional[torch.dtype] = torch.float32,
+                device: Optional[torch.device | str] = None) -> None:
+    """Check ``x`` against the shape the engine gives ``stage`` for a ``height`` x ``width`` image."""
+    expected = stage_shapes(height, width, config)[stage]
+    check_tensor(x, stage, expected, dtype=dtype, device=device)
+
+
+def check_close(actual, expected: torch.Tensor, stage: str, *, rtol: float = 1e-4,
+                atol: float = 1e-4, cause: Optional[str] = None) -> None:
+    """Values of ``actual`` equal ``expected`` (an oracle's output) within tolerance.
+
+    The failure names the largest difference and where it is, never the expected tensor.
+    ``cause`` is the likely cause to show when values differ.
+    """
+    check_tensor(actual, stage, tuple(expected.shape), dtype=expected.dtype, device=expected.device)
+    if actual.device.type == "meta":
+        raise CheckError(stage, "device", "a real device for a value check", "meta")
+    a = actual.detach().to(_float64)
+    e = expected.detach().to(_float64)
+    finite = _isfinite(a)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise CheckError(stage, "non-finite values:", "none", f"{bad} NaN/inf",
+                         cause or "an overflow or a division by zero?")
+    # Tolerance relative to the tensor's scale, so deep layers with large activations compare fairly.
+    scale = float(_abs(e).max()) if e.numel() else 0.0
+    ok = _isclose(a, e, rtol=rtol, atol=atol + rtol * scale)
+    if not bool(ok.all()):
+        err = _abs(a - e)
+        idx = int(_argmax(err))
+        where = tuple(int(i) for i in _unravel(torch.tensor(idx), a.shape))
+        n_bad = int((~ok).sum())
+        raise CheckError(
+            stage, "values differ from the oracle:",
+            f"agreement within rtol={rtol:g}, atol={atol:g}",
+            f"{n_bad} of {a.numel()} elements off, largest |difference| {float(err.max()):.4g} "
+            f"at index {where}", cause)
+
+
+def check_conv(module, name: str, in_channels: int, out_channels: int, kernel_size: int,
+               stride: int = 1, padding: int = 0, bias: Optional[bool] = None) -> None:
+    """``module`` is a real ``nn.Conv2d`` with these hyper-parameters."""
+    if type(module) is not torch.nn.Conv2d:
+        raise CheckError(name, "is a", "torch.nn.Conv2d", type(module).__name__)
+    stage = "P6 input" if name.lower() == "p6" else name
+    if module.in_channels != in_channels:
+        raise CheckError(name, "in_channels", in_channels, module.in_channels,
+                         diagnose(stage, (1, in_channels, 1, 1), (1, module.in_channels, 1, 1)))
+    if module.out_channels != out_channels:
+        raise CheckError(name, "out_channels", out_channels, module.out_channels,
+                         diagnose(name, (1, out_channels, 1, 1), (1, module.out_channels, 1, 1)))
+    for attr, want in (("kernel_size", kernel_size), ("stride", stride), ("padding", padding)):
+        got = getattr(module, attr)
+        if tuple(got) != (want, want):
+            cause = ("padding (k - 1) // 2 keeps the size for a stride-1 conv."
+                     if attr == "padding" else None)
+            raise CheckError(name, attr, (want, want), tuple(got), cause)
+    if bias is not None and (module.bias is not None) != bias:
+        raise CheckError(name, "bias", "a bias" if bias else "no bias",
+                         "a bias" if module.bias is not None else "no bias")
+
+
+
+# ----------------------------------------------------------------------------- delegation
+_MARK = "__fpnlab_delegation__"
+
+
+def _refuse(*_args, **_kwargs):
+    # Runs with the globals of the function it replaces: only builtins may be named here.
+    raise RuntimeError("__fpnlab_delegation__")
+
+
+class no_calls_to:
+    """Context manager: any call to these Python functions inside the block fails the check.
+
+    It swaps each function's code object, so even a reference the learner took before the test
+    (``from fpnlab.oracle import preprocess as p``) is caught::
+
+        with no_calls_to("resized_size", fpnlab.shapes.resized_size):
+            answer = learner_function(...)
+    """
+
+    def __init__(self, stage: str, *functions):
+        self.stage = stage
+        self.functions = [f for f in functions
+                          if hasattr(f, "__code__") and not getattr(f, "__closure__", None)]
+        self.saved = []
+
+    def __enter__(self):
+        for f in self.functions:
+            self.saved.append((f, f.__code__, f.__defaults__, f.__kwdefaults__))
+            f.__code__ = _refuse.__code__
+            f.__defaults__, f.__kwdefaults__ = None, None
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        for f, code, defaults, kwdefaults in self.saved:
+            f.__code__, f.__defaults__, f.__kwdefaults__ = code, defaults, kwdefaults
+        self.saved.clear()
+        if exc is not None and _caused_by_refusal(exc):
+            raise CheckError(self.stage, "calls", "your own implementation",
+                             "a ready-made one from fpnlab or torchvision",
+                             "this exercise asks you to write it yourself.") from None
+        return False
+
+
+def _caused_by_refusal(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, RuntimeError) and exc.args == (_MARK,):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def check_own_modules(module, stage: str, forbidden=("torchvision.", "fpnlab.")) -> None:
+    """No submodule of ``module`` is a ready-made class from torchvision or fpnlab.
+
+    ``torch.nn`` building blocks (Conv2d, ReLU, MaxPool2d, Sequential ...) are fine; a
+    torchvision ``Bottleneck``, ``FeaturePyramidNetwork`` or ``FrozenBatchNorm2d`` is not.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise CheckError(stage, "is a", "torch.nn.Module", type(module).__name__)
+    for name, sub in module.named_modules():
+        origin = type(sub).__module__ + "."
+        if origin.startswith(tuple(forbidden)):
+            where = name or "the module itself"
+            raise CheckError(stage, "uses", "modules you wrote (torch.nn building blocks are fine)",
+                             f"{type(sub).__module__}.{type(sub).__name__} at {where}",
+                             "this exercise asks you to write it yourself.")
