@@ -62,9 +62,9 @@ class Course:
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
             nbformat.write(nb, str(folder / name))
-        for student in submissions:
-            nbgrader(["autograde", assignment, "--force", "--create", f"--student={student}"],
-                     self.path)
+        students = ",".join(submissions)
+        nbgrader(["autograde", assignment, "--force", "--create", f"--student={students}"],
+                 self.path)
         return {s: self.score(assignment, s) for s in submissions}
 
     def score(self, assignment: str, student: str) -> Result:

@@ -1,0 +1,61 @@
+"""Shared fixtures: one scratch nbgrader course per test session, and the both-ways grading check."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, Sequence
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from autograder.roundtrip import Course, replace_cell  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def course(tmp_path_factory) -> Course:
+    """A scratch nbgrader course with a copy of solutions/ and its own gradebook."""
+    return Course(tmp_path_factory.mktemp("course"))
+
+
+@dataclass
+class Mistake:
+    """A learner's wrong answer: ``cells`` maps answer-cell grade_id -> the wrong source;
+    ``loses`` names the test cells (grade_ids) that must score 0 while every other keeps its points."""
+
+    name: str
+    cells: Dict[str, str]
+    loses: Sequence[str]
+    extra: Dict[str, str] = field(default_factory=dict)
+
+
+def grade_both_ways(course: Course, assignment: str, mistakes: Iterable[Mistake]) -> None:
+    """One nbgrader autograde run: the solution earns every point, the unmodified release earns
+    none, and each mistake loses exactly the points of the test cells it names."""
+    solution = course.solution(assignment)
+    subs = {"solution": solution, "release": course.release(assignment)}
+    mistakes = list(mistakes)
+    for m in mistakes:
+        nb = solution
+        for grade_id, source in m.cells.items():
+            nb = replace_cell(nb, grade_id, source)
+        subs[m.name] = nb
+    results = course.autograde(assignment, subs)
+    sol, rel = results["solution"], results["release"]
+    assert sol.max_score > 0
+    assert sol.score == sol.max_score, f"solution of {assignment} lost points: {sol.cells}"
+    assert rel.score == 0, f"blank release of {assignment} earned points: {rel.cells}"
+    for m in mistakes:
+        got = results[m.name]
+        lost = {k for k, v in got.cells.items() if v < sol.cells[k]}
+        assert lost == set(m.loses), (
+            f"{assignment}, mistake {m.name!r}: lost points in {sorted(lost)}, "
+            f"expected exactly {sorted(m.loses)} (cells: {got.cells})")
+        for k in m.loses:
+            assert got.cells[k] == 0, f"{m.name}: {k} earned {got.cells[k]}, expected 0"
+        expected_score = sol.max_score - sum(sol.cells[k] for k in m.loses)
+        assert got.score == expected_score
