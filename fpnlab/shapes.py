@@ -51,9 +51,11 @@ class ShapeError(ValueError):
     """A configuration whose shapes cannot work: names the level and both shapes."""
 
     def __init__(self, level: str, message: str, left: Shape | None = None,
-                 right: Shape | None = None):
+                 right: Shape | None = None, shapes: Dict[str, Shape] | None = None):
         super().__init__(message)
         self.level, self.left, self.right = level, left, right
+        #: the stages computed before the failure (image .. C5, P5, ...), for displays
+        self.shapes: Dict[str, Shape] = dict(shapes or {})
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ def stage_shapes(height: int, width: int, config: Config = REFERENCE, *,
                 f"{level}: the top-down addition is impossible: upsampled "
                 f"{_fmt(up)} + lateral {_fmt(lateral)} (padded input {ph}x{pw}; "
                 f"size_divisible={cfg.size_divisible}: pad to a multiple of 32)",
-                up, lateral)
+                up, lateral, shapes=s)
         inner[f"fpn_inner{k}_upsample"] = up
         inner[f"fpn_inner{k}_lateral"] = lateral
         inner[f"eltwise_{k}"] = lateral
