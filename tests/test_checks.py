@@ -1,0 +1,120 @@
+"""Each diagnostic fires on its mistake and stays silent on the right answer."""
+import pytest
+import torch
+
+from fpnlab import checks, oracle, shapes
+from fpnlab.checks import CheckError
+from fpnlab.reference import reference_shapes
+
+REF = reference_shapes()
+
+
+def fails(fn, *args, **kw) -> CheckError:
+    with pytest.raises(CheckError) as e:
+        fn(*args, **kw)
+    return e.value
+
+
+def test_right_answers_pass_silently():
+    for stage in ("padded", "stem", "C3", "P3", "P7"):
+        checks.check_tensor(torch.zeros(REF[stage]), stage, REF[stage])
+        assert checks.diagnose(stage, REF[stage], REF[stage]) is None
+    checks.check_stage(torch.zeros(REF["C5"]), "C5", *REF["image"][1:])
+    x = torch.randn(2, 3)
+    checks.check_close(x + 1e-7, x, "P3")
+
+
+def test_one_pixel_off_points_at_padding():
+    bad = REF["C3"][:-1] + (REF["C3"][-1] - 1,)
+    e = fails(checks.check_shape, torch.zeros(bad), "C3", REF["C3"])
+    assert e.stage == "C3" and e.expected == REF["C3"] and e.actual == bad
+    assert "W is off by one at C3" in str(e) and "multiple of 32" in str(e)
+
+
+def test_resize_off_by_one_points_at_truncation():
+    bad = (3, 480, 562)
+    assert "truncated" in checks.diagnose("resized", REF["resized"], bad)
+
+
+def test_halved_too_often_or_too_rarely():
+    e = REF["C4"]
+    assert "too often" in checks.diagnose("C4", e, e[:2] + (e[2] // 2, e[3] // 2))
+    assert "too rarely" in checks.diagnose("C4", e, e[:2] + (e[2] * 2, e[3] * 2))
+    assert "max-pool" in checks.diagnose("stem", REF["stem"], REF["stem"][:2] + (240, 288))
+
+
+def test_out_channels_256_vs_1024():
+    e = REF["P4"]
+    msg = checks.diagnose("P4", e, (1, 256) + e[2:])
+    assert "out_channels" in msg and "1024" in msg
+
+
+def test_p6_fed_from_p5():
+    conv = torch.nn.Conv2d(1024, 1024, 3, 2, 1)
+    spec = oracle.p6p7().p6
+    e = fails(checks.check_conv, conv, "p6", spec.in_channels, spec.out_channels, 3, 2, 1)
+    assert "fed P5" in str(e) and "C5" in str(e)
+    checks.check_conv(spec, "p6", spec.in_channels, spec.out_channels, 3, 2, 1, bias=True)
+
+
+def test_fakes_are_refused():
+    class Fake:
+        shape = REF["C3"]
+        dtype = torch.float32
+    e = fails(checks.check_tensor, Fake(), "C3", REF["C3"])
+    assert "Fake" in str(e) and "looks like a tensor" in str(e)
+    assert "return" in str(fails(checks.check_tensor, None, "C3"))
+
+    class Sub(torch.Tensor):
+        pass
+    fails(checks.check_tensor, torch.zeros(2).as_subclass(Sub), "C3")
+
+
+def test_dtype_and_device():
+    assert "uint8" in str(fails(checks.check_tensor, torch.zeros(3, dtype=torch.uint8), "resized"))
+    e = fails(checks.check_tensor, torch.zeros(3, device="meta"), "C3", device="cpu")
+    assert "device" in str(e)
+
+
+def test_values_name_the_largest_difference_not_the_answer():
+    x = torch.randn(1, 4, 5, 6)
+    y = x.clone()
+    y[0, 2, 3, 4] += 1.0
+    e = fails(checks.check_close, y, x, "P7", cause="is P7 computed from relu(P6)?")
+    assert "(0, 2, 3, 4)" in str(e) and "relu(P6)" in str(e) and "1 of 120" in str(e)
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    assert "NaN" in str(fails(checks.check_close, nan, x, "P7"))
+
+
+def test_checks_survive_a_monkeypatched_torch(monkeypatch):
+    monkeypatch.setattr(torch, "isclose", lambda *a, **k: torch.ones(1, dtype=torch.bool))
+    monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
+    x = torch.zeros(3)
+    fails(checks.check_close, x + 1, x, "P3")
+
+
+def test_delegation_is_detected_even_through_an_earlier_reference():
+    from fpnlab.shapes import resized_size as taken_before
+
+    def learner(h, w):
+        return taken_before(h, w)
+
+    e = fails(_run, learner)
+    assert "write it yourself" in str(e)
+    assert shapes.resized_size(438, 512) == tuple(REF["resized"][1:])   # restored
+
+
+def _run(learner):
+    with checks.no_calls_to("resized", shapes.resized_size):
+        return learner(438, 512)
+
+
+def test_own_code_passes_the_delegation_checks():
+    def learner(h, w):
+        return 480, int(480 * w / h)
+    assert _run(learner) == (480, 561)
+    own = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    checks.check_own_modules(own, "stem")
+    e = fails(checks.check_own_modules, torch.nn.Sequential(oracle.FrozenBN(4)), "stem")
+    assert "FrozenBatchNorm2d" in str(e)
