@@ -62,9 +62,9 @@ class Course:
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
             nbformat.write(nb, str(folder / name))
-        students = ",".join(submissions)
-        nbgrader(["autograde", assignment, "--force", "--create", f"--student={students}"],
-                 self.path)
+        # nbgrader's --student is one id or a glob, not a list: grade every submission of this
+        # assignment in one run (a list "a,b" matches no folder).
+        nbgrader(["autograde", assignment, "--force", "--create", "--student=*"], self.path)
         return {s: self.score(assignment, s) for s in submissions}
 
     def score(self, assignment: str, student: str) -> Result:

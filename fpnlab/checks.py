@@ -152,6 +152,22 @@ def check_shape(x, stage: str, shape: Sequence[int]) -> None:
         raise CheckError(stage, "shape", expected, actual, diagnose(stage, expected, actual))
 
 
+def check_size(value, stage: str, expected: Sequence[int], what: str = "size") -> None:
+    """``value`` is a tuple or list (torch.Size too) of Python ints equal to ``expected``, e.g.
+    an (H, W) pair; the failure names the side that is off and the likely cause."""
+    expected = tuple(int(v) for v in expected)
+    if (not isinstance(value, (tuple, list)) or len(value) != len(expected)
+            or any(type(v) is not int for v in value)):
+        kinds = (", ".join(type(v).__name__ for v in value)
+                 if isinstance(value, (tuple, list)) else type(value).__name__)
+        raise CheckError(stage, f"{what} is", f"a tuple of {len(expected)} Python ints",
+                         f"({kinds})", "sizes are whole numbers: convert with int(); a float, "
+                         "a tensor or a NumPy number is not accepted.")
+    actual = tuple(value)
+    if actual != expected:
+        raise CheckError(stage, what, expected, actual, diagnose(stage, expected, actual))
+
+
 def check_stage(x, stage: str, height: int, width: int, config: Config = REFERENCE, *,
                 dtype: Optional[torch.dtype] = torch.float32,
                 device: Optional[torch.device | str] = None) -> None:
@@ -278,9 +294,12 @@ def check_own_modules(module, stage: str, forbidden=("torchvision.", "fpnlab."))
     if not isinstance(module, torch.nn.Module):
         raise CheckError(stage, "is a", "torch.nn.Module", type(module).__name__)
     for name, sub in module.named_modules():
-        origin = type(sub).__module__ + "."
-        if origin.startswith(tuple(forbidden)):
-            where = name or "the module itself"
-            raise CheckError(stage, "uses", "modules you wrote (torch.nn building blocks are fine)",
-                             f"{type(sub).__module__}.{type(sub).__name__} at {where}",
-                             "this exercise asks you to write it yourself.")
+        # The whole class hierarchy: a subclass of torchvision's Bottleneck is still a ready-made one.
+        for cls in type(sub).__mro__:
+            origin = cls.__module__ + "."
+            if origin.startswith(tuple(forbidden)):
+                where = name or "the module itself"
+                raise CheckError(stage, "uses",
+                                 "modules you wrote (torch.nn building blocks are fine)",
+                                 f"{cls.__module__}.{cls.__name__} at {where}",
+                                 "this exercise asks you to write it yourself.")
