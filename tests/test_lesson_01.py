@@ -1,0 +1,64 @@
+"""Stage 1 (preprocessing) grades both ways: full marks for the solution, 0 for the blank
+release, and each typical mistake loses exactly the points of the test cells it breaks."""
+import pytest
+
+from conftest import Mistake, grade_both_ways
+
+pytestmark = pytest.mark.slow
+
+ROUNDING = '''
+def resized_size(height, width, min_size=480, max_size=1333):
+    short, long = float(min(height, width)), float(max(height, width))
+    size = min_size
+    if long / short * size > max_size:
+        size = int(round(max_size * short / long))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return (height, width)
+    if width < height:
+        return (round(size * height / width), size)   # rounds instead of truncating
+    return (size, round(size * width / height))
+'''
+
+DELEGATES = '''
+import fpnlab.shapes
+def resized_size(height, width, min_size=480, max_size=1333):
+    return fpnlab.shapes.resized_size(height, width, min_size, max_size)
+'''
+
+RGB = '''
+import torch
+import torchvision.transforms.functional as TF
+def to_bgr255(image):
+    t = TF.to_tensor(image) * 255                      # channels left in RGB order
+    return t - torch.tensor(PIXEL_MEAN).view(3, 1, 1)
+'''
+
+CENTERED = '''
+def to_image_list(tensors, size_divisible=32):
+    max_h = max(int(t.shape[-2]) for t in tensors)
+    max_w = max(int(t.shape[-1]) for t in tensors)
+    if size_divisible > 0:
+        max_h = int(math.ceil(max_h / size_divisible) * size_divisible)
+        max_w = int(math.ceil(max_w / size_divisible) * size_divisible)
+    batch = tensors[0].new_zeros((len(tensors), tensors[0].shape[0], max_h, max_w))
+    for img, slot in zip(tensors, batch):
+        top, left = (max_h - img.shape[-2]) // 2, (max_w - img.shape[-1]) // 2   # centred
+        slot[:, top:top + img.shape[-2], left:left + img.shape[-1]].copy_(img)
+    return ImageList(batch, [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors])
+'''
+
+ONE_CONDITION = '''
+import math
+def topdown_fits(n):
+    return 2 * math.ceil(n / 32) == math.ceil(n / 16)     # forgets the P3 addition
+'''
+
+
+def test_lesson_01_grades_both_ways(course):
+    grade_both_ways(course, "01-preprocessing", [
+        Mistake("rounding", {"resized-size": ROUNDING}, loses=["resize-sizes"]),
+        Mistake("delegates", {"resized-size": DELEGATES}, loses=["resize-trace", "resize-sizes"]),
+        Mistake("rgb", {"to-bgr255": RGB}, loses=["bgr-values"]),
+        Mistake("centered", {"to-image-list": CENTERED}, loses=["pad-values"]),
+        Mistake("one-condition", {"topdown-fits": ONE_CONDITION}, loses=["fits"]),
+    ])
