@@ -55,10 +55,44 @@ def generate(into: Path, names: list[str] | None = None, root: Path = ROOT) -> P
     return into / "lessons"
 
 
+def points(root: Path = ROOT) -> dict[str, list[tuple[str, float]]]:
+    """assignment -> [(test cell grade_id, points)] read from the source notebooks."""
+    import nbformat
+
+    out = {}
+    for name in assignments(root):
+        nb = nbformat.read(str(next((root / "solutions" / name).glob("*.ipynb"))), as_version=4)
+        out[name] = [(c.metadata["nbgrader"]["grade_id"], float(c.metadata["nbgrader"]["points"]))
+                     for c in nb.cells
+                     if c.metadata.get("nbgrader", {}).get("grade") and c.cell_type == "code"]
+    return out
+
+
+def points_table(root: Path = ROOT) -> str:
+    """The README's points table (stage, exercises, points), made from the notebooks."""
+    import nbformat
+
+    rows = ["| stage | exercises | graded test cells | points |", "|---|---|---|---|"]
+    total = 0.0
+    for name, cells in points(root).items():
+        nb = nbformat.read(str(next((root / "solutions" / name).glob("*.ipynb"))), as_version=4)
+        exercises = sum(1 for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
+        pts = sum(p for _, p in cells)
+        total += pts
+        rows.append(f"| `{name}` | {exercises} | {len(cells)} | {pts:g} |")
+    rows.append(f"| **total** | | | **{total:g}** |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="assignments to regenerate (default: all)")
+    parser.add_argument("--points-table", action="store_true",
+                        help="print the README's points table and exit")
     args = parser.parse_args(argv)
+    if args.points_table:
+        print(points_table())
+        return 0
     names = args.names or assignments()
     with tempfile.TemporaryDirectory(prefix="fpnlab-release-") as tmp:
         out = generate(Path(tmp), names)

@@ -62,3 +62,11 @@ def test_package_holds_no_solution_markers():
         text = path.read_text()
         for marker in MARKERS:
             assert f"### {marker}" not in text, f"{path}: {marker}"
+
+
+def test_readme_points_table_matches_the_notebooks():
+    from autograder.release import points_table
+    table = points_table()
+    assert table in (ROOT / "README.md").read_text(), (
+        "README's points table is out of date; paste the output of "
+        "`python -m autograder.release --points-table`")
