@@ -1,0 +1,175 @@
+"""The widgets in a real JupyterLab, driven by headless Debian Chromium through Playwright.
+
+Opens ``explore/shape-explorer.ipynb`` (a copy, in a scratch root), runs every cell on the venv's
+``fpnlab`` kernel, waits for the explorer, types a new height and width, and checks that the P7
+shape on the page becomes the one :func:`fpnlab.shapes.stage_shapes` gives. Screenshots, the
+browser console and the server log go to ``test-artifacts/browser/``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from fpnlab.shapes import REFERENCE, format_shape, stage_shapes
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "explore" / "shape-explorer.ipynb"
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+
+_spec = importlib.util.spec_from_file_location("fpnlab_browser_lab",
+                                               Path(__file__).parent / "browser" / "lab.py")
+lab = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lab)
+
+pytestmark = pytest.mark.browser
+
+# Console messages that are not errors of the widgets: resources the offline lab cannot fetch.
+IGNORED_CONSOLE = re.compile(r"Failed to load resource|favicon|net::ERR_", re.I)
+
+
+def _need(condition: bool, reason: str) -> None:
+    """Skip when a browser piece is missing on a workstation; fail in CI (CI=true)."""
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: the browser test must run; `make system` installs it)")
+    pytest.skip(reason)
+
+
+def _p7(height: int, width: int) -> str:
+    return format_shape(stage_shapes(height, width, REFERENCE)["P7"])
+
+
+def _cell_text(page, stage: str, column: str) -> str:
+    loc = page.locator(f'.fpnlab-explorer tr[data-stage="{stage}"] td.fpnlab-{column}')
+    return loc.first.inner_text().strip()
+
+
+def _set_int(page, name: str, value: int) -> None:
+    box = page.locator(f".fpnlab-explorer .fpnlab-{name} input").first
+    box.scroll_into_view_if_needed()
+    box.fill(str(value))
+    box.press("Enter")
+    box.press("Tab")
+
+
+def _wait_text(page, stage: str, column: str, expected: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        try:
+            got = _cell_text(page, stage, column)
+        except Exception:  # the table is being replaced
+            got = None
+        if got == expected:
+            return got
+        time.sleep(0.2)
+    return got
+
+
+def test_shape_explorer_in_jupyterlab(tmp_path):
+    _need(Path(lab.CHROMIUM).exists() or shutil.which("chromium") is not None,
+          "Debian chromium is not installed (apt-get install chromium)")
+    _need(importlib.util.find_spec("playwright") is not None,
+          "the playwright Python package is not installed (pip install -r requirements.txt)")
+    from playwright.sync_api import sync_playwright
+
+    kernel_python = lab.ensure_kernel()
+    assert Path(kernel_python).exists(), f"the fpnlab kernel runs {kernel_python}, which is missing"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*"):
+        old.unlink()
+    executable = lab.CHROMIUM if Path(lab.CHROMIUM).exists() else shutil.which("chromium")
+
+    console, page_errors = [], []
+    t0 = time.monotonic()
+    with lab.LabServer(tmp_path, [NOTEBOOK], log_path=ARTIFACTS / "jupyterlab.log") as server, \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True,
+                                     args=lab.CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: console.append((m.type, m.text)))
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.goto(server.url(NOTEBOOK.name), wait_until="domcontentloaded", timeout=60_000)
+            # the app (exposed with --LabApp.expose_app_in_browser) with the notebook open and
+            # its kernel idle: then run every cell
+            page.wait_for_function(
+                """() => {
+                    const app = window.jupyterapp; if (!app) return false;
+                    const w = app.shell.currentWidget;
+                    const k = w && w.sessionContext && w.sessionContext.session &&
+                              w.sessionContext.session.kernel;
+                    return !!(k && k.status === 'idle' && w.context.isReady);
+                }""", timeout=90_000)
+            kernel_name = page.evaluate(
+                "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.name")
+            assert kernel_name == lab.KERNEL, f"the notebook runs on kernel {kernel_name!r}"
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+            explorer = page.locator(".fpnlab-explorer table.fpnlab-shapes")
+            explorer.first.wait_for(state="attached", timeout=90_000)
+            explorer.first.scroll_into_view_if_needed()
+            h0, w0 = 438, 512   # the notebook's sample photo: the trace's input
+            assert _wait_text(page, "P7", "engine", _p7(h0, w0)) == _p7(h0, w0)
+            assert _cell_text(page, "P7", "model") == _p7(h0, w0)
+            page.locator(".fpnlab-explorer img").first.wait_for(state="visible", timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "1-explorer.png"))
+
+            # new height and width: the engine's and the model's P7 follow
+            h1, w1 = 600, 1500   # resized 480x1200, padded 480x1216
+            _set_int(page, "height", h1)
+            _set_int(page, "width", w1)
+            expected = _p7(h1, w1)
+            assert expected != _p7(h0, w0)
+            got = _wait_text(page, "P7", "engine", expected)
+            page.locator(".fpnlab-explorer").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "2-explorer-600x1500.png"))
+            assert got == expected, f"P7 on the page is {got!r}, the shape engine says {expected!r}"
+            assert _wait_text(page, "P7", "model", expected) == expected
+            assert _cell_text(page, "padded", "engine") == format_shape(
+                stage_shapes(h1, w1, REFERENCE)["padded"])
+
+            # a bad value shows a message in the widget, not a traceback
+            _set_int(page, "height", 10)
+            msg = page.locator(".fpnlab-explorer .fpnlab-messages")
+            msg.first.wait_for(state="visible", timeout=30_000)
+            assert "height must be between 32 and 1600, got 10" in msg.first.inner_text()
+            page.screenshot(path=str(ARTIFACTS / "3-explorer-bad-height.png"))
+
+            # the other widgets of the notebook rendered too (the last cell finishes last)
+            diff = page.locator(".fpnlab-trace-diff .fpnlab-diff-summary")
+            diff.first.wait_for(state="attached", timeout=90_000)
+            diff.first.scroll_into_view_if_needed()
+            assert "First divergence at padded" in diff.first.inner_text()
+            page.screenshot(path=str(ARTIFACTS / "4-trace-diff.png"))
+            fmaps = page.locator(".fpnlab-feature-maps img")
+            fmaps.first.wait_for(state="attached", timeout=30_000)
+            fmaps.first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "5-feature-maps.png"))
+            errors_in_outputs = page.locator(".jp-OutputArea-output[data-mime-type="
+                                             "'application/vnd.jupyter.stderr']")
+            tracebacks = [t for t in errors_in_outputs.all_inner_texts() if "Traceback" in t]
+            assert not tracebacks, f"a cell raised:\n{tracebacks[0][-2000:]}"
+
+            toasts = page.locator(".Toastify__toast").all_inner_texts()
+            assert not [t for t in toasts if re.search(r"news|update", t, re.I)], \
+                f"a news/update toast is shown: {toasts}"
+        finally:
+            (ARTIFACTS / "console.json").write_text(json.dumps(
+                {"console": console, "page_errors": page_errors,
+                 "seconds": round(time.monotonic() - t0, 1)}, indent=1))
+            browser.close()
+
+    errors = [t for kind, t in console if kind == "error" and not IGNORED_CONSOLE.search(t)]
+    widget_errors = [t for t in errors + page_errors
+                     if re.search(r"widget|fpnlab|ipywidgets|jupyter-widgets|comm", t, re.I)]
+    assert not widget_errors, f"console errors from the widgets: {widget_errors}"
+    assert not page_errors, f"uncaught errors in the page: {page_errors}"
