@@ -6,8 +6,7 @@ course needs a handful of its keys, with the values behind the reference trace::
     >>> cfg = default_cfg()
     >>> cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS, cfg.MODEL.RETINANET.USE_C5
     (1024, True)
-    >>> small = cfg.clone()
-    >>> small.merge_from_list(["MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 256])
+    >>> small = cfg.clone().merge_from_list(["MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 256])
     >>> small.MODEL.RESNETS.BACKBONE_OUT_CHANNELS, cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS
     (256, 1024)
 
