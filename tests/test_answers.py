@@ -1,0 +1,81 @@
+"""fpnlab.answers: a learner's answers from an earlier lesson, without its tests or side effects."""
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from autograder import authoring as A
+from fpnlab.answers import AnswerError, load_answers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def lesson(tmp_path, answer, name="03-toy"):
+    nb = A.notebook([
+        A.setup_cell(),
+        A.md("# A toy lesson"),
+        A.locked("import math\nSCALE = 3\ndef helper(x):\n    return x * SCALE\n"
+               "raise RuntimeError('a demonstration ran')", "given"),
+        A.solution(answer, "double"),
+        A.tests("raise AssertionError('a test cell ran')", "double-tests", points=1),
+        A.locked("print('plotting')\nraise RuntimeError('a demonstration ran')", "demo"),
+    ])
+    path = tmp_path / name / f"{name}.ipynb"
+    A.write(nb, path)
+    return path
+
+
+SOLVED = "%matplotlib inline\ndef double(x):\n    ### BEGIN SOLUTION\n    return helper(x) * 2 // SCALE + math.floor(0.5)\n    ### END SOLUTION\nTWO = 2"
+STUB = "def double(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+
+
+def test_runs_answers_and_definitions_only(tmp_path):
+    own = load_answers(lesson(tmp_path, SOLVED), ["double", "TWO"])
+    assert set(own) == {"double", "TWO"}
+    assert own["double"](5) == 10 and own["TWO"] == 2
+
+
+def test_default_names_are_what_the_answer_cells_define(tmp_path):
+    assert set(load_answers(lesson(tmp_path, SOLVED))) == {"double", "TWO"}
+
+
+def test_a_stub_says_which_exercise_to_finish(tmp_path):
+    with pytest.raises(AnswerError, match=r"lesson 03-toy: `double` still raises "
+                                          r"NotImplementedError: finish exercise `double` first"):
+        load_answers(lesson(tmp_path, STUB), ["double"])
+
+
+def test_a_missing_name_names_the_lesson_and_its_exercises(tmp_path):
+    path = lesson(tmp_path, SOLVED)
+    with pytest.raises(AnswerError, match=r"lesson 03-toy: `ResNet` is not defined: no exercise "
+                                          r"of this lesson defines it \(its exercises: `double`\)"):
+        load_answers(path, ["ResNet"])
+    # A learner who deleted their definition is told which exercise it belongs to.
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells[3].source = "def double(x):\n    return 2 * x\ndel double"
+    nbformat.write(nb, str(path))
+    with pytest.raises(AnswerError, match="finish exercise `double` first"):
+        load_answers(path, ["double"])
+
+
+def test_an_answer_that_fails_to_run_is_reported(tmp_path):
+    with pytest.raises(AnswerError, match=r"exercise `double` raised ZeroDivisionError"):
+        load_answers(lesson(tmp_path, "x = 1 / 0"), ["x"])
+    with pytest.raises(AnswerError, match=r"exercise `double` has a syntax error"):
+        load_answers(lesson(tmp_path, "def double(x) return x"), ["double"])
+
+
+def test_a_missing_notebook_is_named(tmp_path):
+    with pytest.raises(AnswerError, match=r"lesson 04-fpn: notebook not found"):
+        load_answers(tmp_path / "04-fpn" / "04-fpn.ipynb")
+
+
+def test_the_stage_5_solution_loads_and_its_release_does_not():
+    own = load_answers(ROOT / "solutions" / "05-p6p7" / "05-p6p7.ipynb", ["LastLevelP6P7"])
+    block = own["LastLevelP6P7"](16, 8)
+    p6, p7 = block(torch.randn(1, 16, 15, 18), torch.randn(1, 8, 15, 18))
+    assert tuple(p6.shape) == (1, 8, 8, 9) and tuple(p7.shape) == (1, 8, 4, 5)
+    with pytest.raises(AnswerError, match=r"`LastLevelP6P7` still raises NotImplementedError: "
+                                          r"finish exercise `p6p7` first"):
+        load_answers(ROOT / "lessons" / "05-p6p7" / "05-p6p7.ipynb", ["LastLevelP6P7"])
