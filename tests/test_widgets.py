@@ -1,0 +1,279 @@
+"""The widgets' logic: set a control, the table says what the shape engine says; bad values show a
+message and never raise. The widgets are driven without a kernel (their observers run in plain
+Python), the pictures checked as PNG bytes."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fpnlab import oracle, tracing, widgets
+from fpnlab.shapes import (LEVELS, REFERENCE, STAGES, ShapeError, format_shape, stage_shapes,
+                           strides)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def engine_column(html_text):
+    return {s: widgets.displayed_shape(html_text, s) for s in STAGES}
+
+
+def expected_column(height, width, config=REFERENCE):
+    return {s: format_shape(v) for s, v in stage_shapes(height, width, config).items()}
+
+
+@pytest.fixture(scope="module")
+def meta_backbone():
+    return widgets.MetaModel(oracle.backbone)
+
+
+# ----------------------------------------------------------------------------- explore (pure)
+def test_explore_reference_rows_are_the_engine():
+    res = widgets.explore(438, 512)
+    assert res.ok and res.messages == []
+    shapes = stage_shapes(438, 512)
+    st = strides(shapes)
+    assert [r.stage for r in res.rows] == list(STAGES)
+    for r in res.rows:
+        assert r.engine == shapes[r.stage]
+        assert r.stride == st[r.stage]
+        assert r.status == ""          # no model: nothing to compare
+
+
+@pytest.mark.parametrize("controls", [
+    dict(height=600, width=1500),
+    dict(height=1600, width=32),
+    dict(height=438, width=512, size_divisible=128),
+    dict(height=438, width=512, out_channels=256),
+    dict(height=438, width=512, p6_from="P5"),
+    dict(height=700, width=900, min_size=800, max_size=1333),
+    dict(height=700, width=900, min_size=800, max_size=900),
+    dict(height=480, width=576, size_divisible=0),      # no padding needed: still possible
+])
+def test_setting_a_control_changes_the_table_as_the_engine_says(controls):
+    box = widgets.shape_explorer(show_pyramid=False)
+    before = box.table.value
+    assert engine_column(before) == expected_column(438, 512)
+    for name, value in controls.items():
+        box.controls[name].value = value
+    cfg = REFERENCE.with_(**{k: v for k, v in controls.items() if k not in ("height", "width")})
+    expected = expected_column(controls["height"], controls["width"], cfg)
+    assert engine_column(box.table.value) == expected
+    if expected != expected_column(438, 512):
+        assert box.table.value != before
+
+
+def test_impossible_addition_is_shown_where_and_why():
+    res = widgets.explore(438, 512, size_divisible=0)
+    with pytest.raises(ShapeError) as info:
+        stage_shapes(438, 512, REFERENCE.with_(size_divisible=0))
+    err = info.value
+    assert not res.ok and res.messages == []
+    bad = [r for r in res.rows if r.status == "error"]
+    assert [r.stage for r in bad] == [err.level] == ["P3"]
+    assert format_shape(err.left) in bad[0].note and format_shape(err.right) in bad[0].note
+    # the stages before the failure are still shown, as the engine computed them
+    for r in res.rows:
+        if r.stage in err.shapes and r.stage != err.level:
+            assert r.engine == err.shapes[r.stage]
+    html_text = widgets.explorer_html(res)
+    assert widgets.displayed_shape(html_text, "P3") == "impossible"
+    assert widgets.displayed_shape(html_text, "C3") == "1x512x60x71"
+    assert "top-down addition is impossible" in html_text
+    # the widget shows it too, and the picture is the failure's
+    box = widgets.shape_explorer()
+    box.controls["size_divisible"].value = 0
+    assert 'data-status="error"' in box.table.value
+    assert bytes(box.pyramid.value).startswith(PNG) and box.pyramid.layout.display is None
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("height", 10, "height must be between 32 and 1600, got 10"),
+    ("height", 0, "height must be between 32 and 1600, got 0"),
+    ("width", -3, "width must be between 32 and 1600, got -3"),
+    ("width", 5000, "width must be between 32 and 1600, got 5000"),
+    ("min_size", 0, "min_size must be between 32 and 1600, got 0"),
+    ("max_size", 4000, "max_size must be between 32 and 3200, got 4000"),
+])
+def test_bad_control_values_show_a_message_and_never_raise(name, value, message):
+    box = widgets.shape_explorer()
+    box.controls[name].value = value            # would raise here if the view raised
+    assert message in box.table.value
+    assert "fpnlab-messages" in box.table.value and "fpnlab-shapes" not in box.table.value
+    assert box.pyramid.layout.display == "none"
+    box.controls[name].value = getattr(REFERENCE, name, 438 if name == "height" else 512)
+    assert "fpnlab-messages" not in box.table.value
+    assert engine_column(box.table.value) == expected_column(438, 512)
+    assert box.pyramid.layout.display is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(height="tall"), "height must be a whole number, got 'tall'"),
+    (dict(height=True), "height must be a whole number, got True"),
+    (dict(size_divisible=3), "size_divisible must be one of (0, 1, 8, 16, 32, 64, 128), got 3"),
+    (dict(out_channels=512), "out_channels must be one of (256, 1024), got 512"),
+    (dict(p6_from="C4"), "P6 reads C5 or P5, got 'C4'"),
+])
+def test_explore_rejects_values_no_control_can_hold(kwargs, message):
+    res = widgets.explore(**{"height": 438, "width": 512, **kwargs})
+    assert res.messages == [message] and res.rows == [] and not res.ok
+    assert message.replace("'", "&#x27;") in widgets.explorer_html(res)
+
+
+# ----------------------------------------------------------------------------- with a model
+def test_model_shapes_sit_next_to_the_engine(meta_backbone):
+    res = widgets.explore(600, 1500, model=meta_backbone)
+    shapes = stage_shapes(600, 1500)
+    model_rows = [r for r in res.rows if r.stage not in ("image", "resized")]
+    assert all(r.status == "ok" and r.model == shapes[r.stage] for r in model_rows)
+    html_text = widgets.explorer_html(res)
+    assert "shape (your model, meta)" in html_text and "differs" not in html_text
+
+
+def test_model_built_for_other_channels_is_flagged(meta_backbone):
+    res = widgets.explore(438, 512, out_channels=256, model=meta_backbone)
+    flagged = {r.stage for r in res.rows if r.status == "mismatch"}
+    assert flagged == set(LEVELS)           # the model has 1024 channels, the controls say 256
+    assert all(r.status == "ok" for r in res.rows if r.stage in ("padded", "stem", "C2", "C5"))
+
+
+def test_a_wrong_model_is_flagged_from_the_first_wrong_stage():
+    def no_maxpool():
+        m = oracle.backbone()
+        m.body.maxpool = nn.Identity()         # stem at stride 2 instead of 4
+        return m
+
+    res = widgets.explore(438, 512, model=widgets.MetaModel(no_maxpool))
+    status = {r.stage: r.status for r in res.rows}
+    assert status["padded"] == "ok"
+    assert all(status[s] == "mismatch" for s in ("stem", "C2", "C3", "C4", "C5", *LEVELS))
+    assert "&#10007; differs" in widgets.explorer_html(res)
+
+
+def test_a_model_that_fails_shows_its_error_and_never_raises():
+    res = widgets.explore(438, 512, model=widgets.MetaModel(nn.Linear(3, 3)))
+    assert res.model_error.startswith("ValueError: cannot tell where the stages are")
+    assert res.rows and res.rows[-1].engine == stage_shapes(438, 512)["P7"]
+    assert "your model raised" in widgets.explorer_html(res)
+    box = widgets.shape_explorer(model="not a model")
+    assert "cannot use this model: TypeError" in box.table.value
+    assert widgets.displayed_shape(box.table.value, "P7") == "1x1024x4x5"
+
+
+def test_widget_with_a_model_follows_the_controls(meta_backbone):
+    box = widgets.shape_explorer(meta_backbone, show_pyramid=False)
+    box.controls["height"].value = 600
+    box.controls["width"].value = 1500
+    expected = format_shape(stage_shapes(600, 1500)["P7"])
+    assert widgets.displayed_shape(box.table.value, "P7") == expected
+    assert f'<td class="fpnlab-model" style="padding:1px 10px">{expected}</td>' in box.table.value
+
+
+def test_meta_copy_leaves_the_model_alone():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = widgets.meta_copy(model)
+    assert all(t.device.type == "meta" for t in copy.state_dict().values())
+    assert all(t.device.type == "cpu" for t in model.state_dict().values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and not copy.training
+
+
+# ----------------------------------------------------------------------------- pyramid widget
+def test_pyramid_widget_is_a_png_that_changes_with_the_size():
+    a, b = widgets.pyramid(438, 512), widgets.pyramid(600, 1500)
+    pa, pb = bytes(a.value), bytes(b.value)
+    assert pa.startswith(PNG) and pb.startswith(PNG) and pa != pb
+    box = widgets.shape_explorer()
+    first = bytes(box.pyramid.value)
+    box.controls["width"].value = 1500
+    assert bytes(box.pyramid.value).startswith(PNG) and bytes(box.pyramid.value) != first
+
+
+# ----------------------------------------------------------------------------- trace diff
+def _ref():
+    return tracing.reference_trace()
+
+
+def test_trace_diff_identical_traces_have_no_divergence():
+    rows = widgets.trace_diff_rows(_ref(), _ref())
+    assert all(r.status == "same" for r in rows)
+    assert "Every stage you traced matches the reference." in widgets.trace_diff_html(_ref())
+
+
+def test_trace_diff_highlights_the_first_divergence():
+    shapes = _ref().shapes()
+    shapes["C3"] = (1, 512, 60, 71)
+    shapes["P3"] = (1, 1024, 60, 71)
+    rows = {r.stage: r.status for r in widgets.trace_diff_rows(tracing.Trace.from_shapes(shapes))}
+    assert rows["C3"] == "first" and rows["P3"] == "differs"
+    assert [s for s, v in rows.items() if v not in ("same",)] == ["C3", "P3"]
+    text = widgets.trace_diff_html(tracing.Trace.from_shapes(shapes), _ref())
+    assert "First divergence at C3: yours 1x512x60x71, reference 1x512x60x72." in text
+    assert "off by one" in text                     # checks.diagnose names the likely cause
+    assert text.count("first divergence") == 1
+
+
+def test_trace_diff_of_a_model_trace_names_missing_levels():
+    shapes = {k: v for k, v in _ref().shapes().items() if k not in ("image", "resized", "P6", "P7")}
+    rows = {r.stage: r.status for r in widgets.trace_diff_rows(shapes, _ref())}
+    assert rows["image"] == rows["resized"] == "not traced"
+    assert rows["P6"] == "first" and rows["P7"] == "differs"
+    assert "Your trace has no such stage." in widgets.trace_diff_html(shapes, _ref())
+
+
+def test_trace_diff_widget_shows_errors_instead_of_raising():
+    w = widgets.trace_diff(42, _ref())
+    assert "trace_diff: TypeError" in w.value
+    ok = widgets.trace_diff(_ref())
+    assert ok.value == widgets.trace_diff_html(_ref(), _ref())
+
+
+# ----------------------------------------------------------------------------- feature maps
+@pytest.fixture(scope="module")
+def small_run():
+    """The reference backbone at out_channels 256 on a small input: fast on two CPU cores."""
+    torch.manual_seed(0)
+    model = oracle.backbone(REFERENCE.with_(out_channels=256)).eval()
+    cfg = REFERENCE.with_(min_size=96, max_size=160)
+    from fpnlab.images import sample_image
+    image = oracle.preprocess(sample_image(), cfg)
+    return model, image, cfg
+
+
+def test_feature_maps_levels_have_the_engine_shapes(small_run):
+    model, image, cfg = small_run
+    levels = widgets.compute_levels(model, image)
+    (h, w), = image["image_sizes"]
+    shapes = stage_shapes(438, 512, cfg.with_(out_channels=256))
+    assert list(levels.maps) == list(LEVELS)
+    for lv in LEVELS:
+        assert tuple(levels.maps[lv].shape) == shapes[lv][1:]
+        assert levels.maps[lv].device.type == "cpu"
+    assert levels.image_hw == (h, w) == shapes["resized"][1:]
+    assert levels.background.shape == tuple(shapes["padded"][2:]) + (3,)
+    assert 0.0 <= levels.background.min() and levels.background.max() <= 1.0
+
+
+def test_feature_maps_widget_redraws_and_bounds_the_channel(small_run):
+    model, image, _ = small_run
+    box = widgets.feature_maps(model, image)
+    first = bytes(box.picture.value)
+    assert first.startswith(PNG) and box.controls["channel"].max == 255
+    box.controls["level"].value = "P6"
+    assert bytes(box.picture.value).startswith(PNG) and bytes(box.picture.value) != first
+    second = bytes(box.picture.value)
+    box.controls["channel"].value = 7
+    assert bytes(box.picture.value) != second
+    with pytest.raises(ValueError, match="P6 has channels 0..255, got 256"):
+        widgets.activation_png(box.levels, "P6", 256)
+    with pytest.raises(ValueError, match="no level 'P2'"):
+        widgets.activation_png(box.levels, "P2", 0)
+
+
+def test_feature_maps_problems_show_a_message(small_run):
+    model, image, _ = small_run
+    on_meta = widgets.feature_maps(widgets.meta_copy(model), image)
+    assert "not one on the meta device" in on_meta.children[0].value
+    bad_image = widgets.feature_maps(model, "photo.jpg")
+    assert "image must be a PIL image" in bad_image.children[0].value
