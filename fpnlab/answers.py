@@ -5,7 +5,7 @@ notebook (``nbformat``) and executes, in a fresh namespace and in notebook order
 
 - every autograded-answer cell (nbgrader metadata ``solution: true``) in full: the learner's code;
 - from the other code cells, only what defines names: ``import`` statements, ``def`` and
-  ``class`` blocks and assignments of plain literals. Test cells (``grade: true``) are skipped
+  ``class`` blocks, assignments of plain literals, aliases and ``namedtuple``-like definitions. Test cells (``grade: true``) are skipped
   entirely, and nothing else runs: no demonstrations, no prints, no training loops.
 
 ::
@@ -63,9 +63,29 @@ def _is_literal_assign(node: ast.stmt) -> bool:
     return True
 
 
+#: Calls whose result is a definition, kept from given cells (``ImageList = namedtuple(...)``).
+_DEFINING_CALLS = {"namedtuple", "NamedTuple", "partial", "TypeVar", "dataclass"}
+
+
+def _is_definition_assign(node: ast.stmt) -> bool:
+    """A literal, an alias (``X = torch.nn.Conv2d``) or a defining call such as namedtuple."""
+    if _is_literal_assign(node):
+        return True
+    if not isinstance(node, ast.Assign):
+        return False
+    value = node.value
+    if isinstance(value, (ast.Name, ast.Attribute)):
+        return True
+    if isinstance(value, ast.Call):
+        func = value.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        return name in _DEFINING_CALLS
+    return False
+
+
 def _definitions(tree: ast.Module) -> List[ast.stmt]:
     keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-    return [n for n in tree.body if isinstance(n, keep) or _is_literal_assign(n)]
+    return [n for n in tree.body if isinstance(n, keep) or _is_definition_assign(n)]
 
 
 def _defined_names(tree: ast.Module) -> List[str]:

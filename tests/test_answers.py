@@ -15,7 +15,7 @@ def lesson(tmp_path, answer, name="03-toy"):
     nb = A.notebook([
         A.setup_cell(),
         A.md("# A toy lesson"),
-        A.locked("import math\nSCALE = 3\ndef helper(x):\n    return x * SCALE\n"
+        A.locked("import math\nfrom collections import namedtuple\nSCALE = 3\nPair = namedtuple('Pair', 'a b')\nPAIR = Pair(1, 2)\ndef helper(x):\n    return x * SCALE\n"
                "raise RuntimeError('a demonstration ran')", "given"),
         A.solution(answer, "double"),
         A.tests("raise AssertionError('a test cell ran')", "double-tests", points=1),
@@ -26,7 +26,7 @@ def lesson(tmp_path, answer, name="03-toy"):
     return path
 
 
-SOLVED = "%matplotlib inline\ndef double(x):\n    ### BEGIN SOLUTION\n    return helper(x) * 2 // SCALE + math.floor(0.5)\n    ### END SOLUTION\nTWO = 2"
+SOLVED = "%matplotlib inline\ndef double(x):\n    ### BEGIN SOLUTION\n    return Pair(helper(x) * 2 // SCALE, 0).a + math.floor(0.5)\n    ### END SOLUTION\nTWO = 2"
 STUB = "def double(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()"
 
 
@@ -34,6 +34,9 @@ def test_runs_answers_and_definitions_only(tmp_path):
     own = load_answers(lesson(tmp_path, SOLVED), ["double", "TWO"])
     assert set(own) == {"double", "TWO"}
     assert own["double"](5) == 10 and own["TWO"] == 2
+    # PAIR = Pair(1, 2) is a computation in a given cell, not a definition: it did not run.
+    with pytest.raises(AnswerError, match="`PAIR` is not defined"):
+        load_answers(lesson(tmp_path, SOLVED), ["PAIR"])
 
 
 def test_default_names_are_what_the_answer_cells_define(tmp_path):
