@@ -98,10 +98,12 @@ def draw_pyramid(shapes: Mapping[str, Shape], image=None, fig: Optional[Figure] 
     extent = {lv: (_hw(shapes[lv])[0] * st[lv], _hw(shapes[lv])[1] * st[lv]) for lv in levels}
     eh = max([ph] + [e[0] for e in extent.values()])
     ew = max([pw] + [e[1] for e in extent.values()])
-    fig = fig or Figure(figsize=(11, 6.2))
     n = len(levels) + 1
-    cols = 3 if n > 3 else n
+    cols = n if n <= 4 else 3
     rows = -(-n // cols)
+    if fig is None:   # panels as wide as the figure allows, as high as the input's aspect needs
+        panel_w = 11.0 / cols
+        fig = Figure(figsize=(11, rows * (panel_w * (eh + 8) / (ew + 8) + 0.75) + 0.4))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     arr = _image_array(image, rh, rw)
 
@@ -128,8 +130,9 @@ def draw_pyramid(shapes: Mapping[str, Shape], image=None, fig: Optional[Figure] 
         ax.set_title(f"{lv}: {c} x {h} x {w}, stride {s}{over}", fontsize=9)
     for ax in axes[n:]:
         ax.set_visible(False)
-    fig.suptitle(title or "ResNet-50-FPN P3-P7: each cell of Pk covers stride x stride input "
-                 "pixels (grey = zero padding, red = grid past the input)", fontsize=10)
+    fig.suptitle(title or f"ResNet-50-FPN {levels[0]}-{levels[-1]}: each cell of a level covers "
+                 "stride x stride input pixels (grey = zero padding, red = grid past the input)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -166,14 +169,14 @@ def draw_shape_error(err: ShapeError, fig: Optional[Figure] = None, window: int 
 
 
 def pyramid_png(height: int, width: int, config: Config = REFERENCE, image=None,
-                dpi: int = 80) -> bytes:
+                dpi: int = 72, levels: Sequence[str] = LEVELS) -> bytes:
     """PNG of the pyramid for a ``height x width`` image, or of the failure when the top-down
     addition is impossible for this configuration."""
     try:
         shapes = stage_shapes(height, width, config)
     except ShapeError as err:
         return figure_png(draw_shape_error(err), dpi=dpi)
-    return figure_png(draw_pyramid(shapes, image=image), dpi=dpi)
+    return figure_png(draw_pyramid(shapes, image=image, levels=levels), dpi=dpi)
 
 
 def draw_activation(activation, background=None, stride: int = 1, image_hw=None,
@@ -218,9 +221,11 @@ def readme_figure(path: str) -> str:
     img = sample_image()
     shapes = stage_shapes(img.height, img.width, REFERENCE)
     fig = draw_pyramid(shapes, image=img)
-    data = figure_png(fig, dpi=80)
-    with open(path, "wb") as f:
-        f.write(data)
+    # a photo in a PNG: 256 colours keep it readable at a third of the size
+    from PIL import Image
+
+    picture = Image.open(io.BytesIO(figure_png(fig, dpi=80))).convert("RGB")
+    picture.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
     return path
 
 

@@ -278,11 +278,14 @@ def _png(data: bytes):
     return w.Image(value=data, format="png", layout=w.Layout(max_width="100%"))
 
 
-def pyramid(height: int = 438, width: int = 512, config: Config = REFERENCE, image=None):
-    """The pyramid drawing of :mod:`fpnlab.plots` as an ``Image`` widget (inline, no ipympl)."""
+def pyramid(height: int = 438, width: int = 512, config: Config = REFERENCE, image=None,
+            levels: Sequence[str] = LEVELS):
+    """The pyramid drawing of :mod:`fpnlab.plots` as an ``Image`` widget (inline, no ipympl):
+    the padded input and each of ``levels`` (P3..P7 by default; ``("P3", "P4", "P5")`` for the
+    FPN lesson) as grids with sizes and strides. An impossible configuration draws its failure."""
     from .plots import pyramid_png
 
-    return _png(pyramid_png(height, width, config, image=image))
+    return _png(pyramid_png(height, width, config, image=image, levels=levels))
 
 
 def shape_explorer(model=None, height: int = 438, width: int = 512, config: Config = REFERENCE,
