@@ -1,0 +1,773 @@
+"""`fpnlab grade`: autograde a class's submissions with nbgrader, each notebook in a sandbox.
+
+    fpnlab grade 01-preprocessing submissions/ --out graded/ --workers 2
+
+What nbgrader does not do by itself, and this module adds (see autograder/README.md):
+
+- takes a folder ``<student>/<lesson>/<notebook>.ipynb`` (nbgrader's ``submitted/``), a folder
+  ``<student>/<notebook>.ipynb``, or an LMS ``.zip`` (``<student>_<anything>_<notebook>.ipynb``);
+- reads every submission itself first: a file that is not a notebook, too large or missing gets
+  a status and a 0 without reaching nbgrader; outputs are dropped, duplicated grade cells are
+  turned into plain cells (nbgrader #1083), the kernelspec is the course's;
+- runs learner code only in the bubblewrap kernel of :mod:`fpnlab.sandbox` (no network, no
+  repository, course directory, gradebook or other submissions, rlimits, a wall-clock limit);
+- grades ``--workers N`` shards at once, each an nbgrader course of its own with its own sqlite
+  gradebook, and merges them into ``OUT/gradebook.db`` from this one process;
+- writes feedback HTML without hidden tests or tracebacks (nbgrader #1363), but with each failed
+  test's message;
+- keeps ``OUT/grades.csv`` across runs: a submission whose bytes and lesson did not change keeps
+  its row, everything else is graded again; no row is ever dropped.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import nbformat
+
+from . import sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+COURSE_CONFIG = ROOT / "autograder" / "nbgrader_config.py"
+GRADING_CONFIG = ROOT / "autograder" / "grading" / "nbgrader_config.py"
+
+GRADED = "graded"
+# status -> what it means (README and feedback quote these)
+STATUSES = {
+    GRADED: "graded by nbgrader",
+    "missing-notebook": "no notebook for this lesson in the student's folder",
+    "invalid-notebook": "the file is not a readable Jupyter notebook (broken JSON, binary ...)",
+    "too-large": "the file is larger than the grader accepts",
+    "timeout": "the notebook ran longer than the wall-clock limit and was stopped",
+    "killed": "the kernel died (killed by a signal: memory, a crash)",
+    "error": "nbgrader could not grade it (see detail); graded again on the next run",
+}
+CSV_FIELDS = ["student_id", "lesson", "score", "max_score", "status", "detail", "sha256",
+              "source_sha256", "graded_at"]
+STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
+INTEGRITY_MARK = "fpnlab grader: integrity check"
+MAX_OUTPUT = 2 << 20          # bytes of cell output one notebook may send back
+MAX_ZIP = 2 << 30             # bytes a zip may unpack to
+
+
+class UsageError(Exception):
+    """A bad invocation: the command prints the message and exits non-zero."""
+
+
+@dataclass
+class Row:
+    student_id: str
+    lesson: str
+    score: float = 0.0
+    max_score: float = 0.0
+    status: str = GRADED
+    detail: str = ""
+    sha256: str = ""
+    source_sha256: str = ""
+    graded_at: str = ""
+
+
+@dataclass
+class Job:
+    """One (student, lesson): where the submission is, or why there is none."""
+
+    student_id: str
+    lesson: str
+    path: Optional[Path] = None
+    status: Optional[str] = None          # set when decided without running anything
+    detail: str = ""
+    sha256: str = ""
+    notebook: Optional[nbformat.NotebookNode] = field(default=None, repr=False)
+
+
+# ----------------------------------------------------------------------------- course
+
+def lessons_in(source: Path) -> List[str]:
+    """Assignments of a course source folder: one folder per lesson holding a notebook."""
+    if not source.is_dir():
+        raise UsageError(f"course source {source} is not a folder")
+    return sorted(p.name for p in source.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and any(p.glob("*.ipynb")))
+
+
+def notebook_name(source: Path, lesson: str) -> str:
+    names = sorted(p.name for p in (source / lesson).glob("*.ipynb"))
+    if len(names) != 1:
+        raise UsageError(f"lesson {lesson} must hold exactly one notebook, found {names}")
+    return names[0]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def inject_integrity(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Every graded test cell first checks that nothing it uses was monkeypatched."""
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.cell_type == "code" and meta.get("grade") and INTEGRITY_MARK not in cell.source:
+            cell.source = sandbox.INTEGRITY_LINE + "\n" + cell.source
+    return nb
+
+
+def prepare_course(out: Path, source: Path, lessons: List[str]) -> Dict[str, str]:
+    """OUT as an nbgrader course: the grader's copy of the source (integrity line added),
+    the config, the gradebook with each lesson generated. Returns lesson -> source hash."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out)
+    state_path = out / "grading" / "sources.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    hashes = {}
+    for lesson in lessons:
+        name = notebook_name(source, lesson)
+        raw = (source / lesson / name).read_bytes()
+        hashes[lesson] = _sha(raw)
+        dest = out / "solutions" / lesson
+        if state.get(lesson) == hashes[lesson] and (out / "gradebook.db").exists():
+            continue
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(source / lesson, dest,
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+        nbformat.write(inject_integrity(nb), str(dest / name))
+        run_nbgrader(["generate_assignment", lesson, "--force"], out, check=True)
+        state[lesson] = hashes[lesson]
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        state_path.write_text(json.dumps(state, indent=1))
+    return hashes
+
+
+def write_config(course: Path) -> None:
+    (course / "nbgrader_config.py").write_text(
+        "# Written by `fpnlab grade`: the course settings, then the grading settings.\n"
+        "c = get_config()  # noqa: F821\n"
+        f"load_subconfig({str(COURSE_CONFIG)!r})  # noqa: F821\n"
+        f"load_subconfig({str(GRADING_CONFIG)!r})  # noqa: F821\n")
+
+
+def run_nbgrader(args: List[str], course: Path, env: Optional[dict] = None, check: bool = False,
+                 timeout: Optional[float] = None) -> subprocess.CompletedProcess:
+    full = dict(os.environ)
+    full.update(env or {})
+    full["FPNLAB_COURSE_ROOT"] = str(course)
+    full["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full.get('PATH', '')}"
+    for var in sandbox.THREAD_VARS:
+        full.setdefault(var, "1")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=full,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        proc = subprocess.CompletedProcess(e.cmd, -9, e.stdout or "", (e.stderr or "") +
+                                           f"\nnbgrader ran longer than {timeout:.0f} s")
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"nbgrader {' '.join(args)} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+# ----------------------------------------------------------------------------- submissions
+
+def unpack_zip(zpath: Path, dest: Path) -> Path:
+    """Unpack an LMS zip safely (no absolute paths, no '..', a size cap) into ``dest``.
+
+    Entries inside folders keep their layout (``<student>/<lesson>/<nb>.ipynb``); a flat entry
+    ``<student>_<anything>.ipynb`` (Moodle, Canvas and nbgrader's zip_collect style: the student
+    id is the text before the first underscore) goes to ``<student>/<rest>.ipynb``.
+    """
+    try:
+        zf = zipfile.ZipFile(zpath)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UsageError(f"{zpath} is not a readable zip file ({e})") from None
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    total = 0
+    with zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            parts = [p for p in Path(info.filename.replace("\\", "/")).parts if p not in ("", ".")]
+            if not parts or ".." in parts or info.filename.startswith("/") or \
+                    any(p.startswith(".") or p == "__MACOSX" for p in parts):
+                continue
+            total += info.file_size
+            if total > MAX_ZIP:
+                raise UsageError(f"{zpath} unpacks to more than {MAX_ZIP >> 20} MB")
+            if len(parts) == 1:
+                stem, sep, rest = parts[0].partition("_")
+                if not sep:
+                    continue
+                parts = [stem, rest]
+            target = dest.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return dest
+
+
+def collect(submissions: Path, lessons: List[str], source: Path, max_bytes: int) -> List[Job]:
+    """One Job per (student folder, lesson)."""
+    jobs = []
+    for student_dir in sorted(p for p in submissions.iterdir()
+                              if p.is_dir() and not p.name.startswith(".")):
+        sid = student_dir.name
+        for lesson in lessons:
+            job = Job(sid, lesson)
+            jobs.append(job)
+            if not STUDENT_ID.match(sid):
+                job.status, job.detail = "invalid-notebook", f"unusable student id {sid!r}"
+                continue
+            expected = notebook_name(source, lesson)
+            job.path, job.detail = find_notebook(student_dir, lesson, expected, lessons)
+            if job.path is None:
+                job.status = "missing-notebook"
+                continue
+            read_submission(job, max_bytes)
+    return jobs
+
+
+def _notebooks(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
+
+
+def find_notebook(student_dir: Path, lesson: str, expected: str, lessons: List[str]
+                  ) -> Tuple[Optional[Path], str]:
+    """The student's notebook for ``lesson`` and a note when it was found under another name."""
+    stem = Path(expected).stem
+    for folder in (student_dir / lesson, student_dir):
+        exact = folder / expected
+        if exact.is_file():
+            return exact, ""
+        candidates = _notebooks(folder) if folder.is_dir() else []
+        # LMS downloads decorate names: "01-preprocessing-1.ipynb", "copy of 01-preprocessing".
+        near = [p for p in candidates if stem in p.stem]
+        if len(near) == 1:
+            return near[0], f"graded {near[0].name} (expected {expected})"
+        if folder == student_dir / lesson and len(candidates) == 1:
+            return candidates[0], f"graded {candidates[0].name} (expected {expected})"
+    flat = _notebooks(student_dir)
+    if len(lessons) == 1 and len(flat) == 1 and not (student_dir / lesson).is_dir():
+        return flat[0], f"graded {flat[0].name} (expected {expected})"
+    seen = sorted(str(p.relative_to(student_dir)) for p in student_dir.rglob("*")
+                  if p.is_file())[:5]
+    return None, f"no {expected}; found {seen}" if seen else f"no {expected}; the folder is empty"
+
+
+def read_submission(job: Job, max_bytes: int) -> None:
+    """Read and clean the notebook, or set an invalid-notebook / too-large status."""
+    size = job.path.stat().st_size
+    if size > max_bytes:
+        job.status, job.detail = "too-large", f"{job.path.name}: {size} bytes > {max_bytes}"
+        return
+    raw = job.path.read_bytes()
+    job.sha256 = _sha(raw)
+    try:
+        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+        cells = nb.get("cells")
+        if not isinstance(cells, list):
+            raise ValueError("no list of cells")
+    except Exception as e:  # noqa: BLE001 (whatever the file is, it is not a notebook)
+        job.status = "invalid-notebook"
+        job.detail = f"{job.path.name}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        return
+    job.notebook, notes = clean_notebook(nb)
+    job.detail = "; ".join(x for x in [job.detail, *notes] if x)
+
+
+def clean_notebook(nb) -> Tuple[nbformat.NotebookNode, List[str]]:
+    """A fresh notebook with only cell types, sources and nbgrader metadata: no outputs,
+    attachments or widget state; later copies of a duplicated grade id become plain cells."""
+    clean = nbformat.v4.new_notebook()
+    seen, notes = set(), []
+    for cell in nb.get("cells", []):
+        if not isinstance(cell, dict):
+            continue
+        kind, src = cell.get("cell_type"), cell.get("source", "")
+        if isinstance(src, list):
+            src = "".join(str(s) for s in src)
+        if not isinstance(src, str):
+            continue
+        if kind == "code":
+            new = nbformat.v4.new_code_cell(src)
+        elif kind == "markdown":
+            new = nbformat.v4.new_markdown_cell(src)
+        elif kind == "raw":
+            new = nbformat.v4.new_raw_cell(src)
+        else:
+            continue
+        meta = (cell.get("metadata") or {}).get("nbgrader")
+        if isinstance(meta, dict) and meta.get("grade_id"):
+            gid = str(meta["grade_id"])
+            if gid in seen:
+                notes.append(f"duplicated cell {gid!r} graded once")
+            else:
+                seen.add(gid)
+                new.metadata["nbgrader"] = json.loads(json.dumps(meta))
+        clean.cells.append(new)
+    return clean, notes
+
+
+# ----------------------------------------------------------------------------- grading
+
+@dataclass
+class Settings:
+    timeout: float = 600.0
+    memory: int = 6 << 30
+    nproc: int = 256
+    sandbox: bool = True
+    max_bytes: int = 20 << 20
+
+
+def _kernel_dir(course: Path) -> Path:
+    """JUPYTER_PATH entry whose kernelspecs (fpnlab, python3) start the sandboxed kernel."""
+    jdir = course / "grading" / "jupyter"
+    for name in ("fpnlab", "python3"):
+        kdir = jdir / "kernels" / name
+        kdir.mkdir(parents=True, exist_ok=True)
+        (kdir / "kernel.json").write_text(json.dumps(sandbox.kernelspec(), indent=1))
+    return jdir
+
+
+class Shard:
+    """One worker: an nbgrader course of its own (copy of OUT's gradebook), graded in order."""
+
+    def __init__(self, out: Path, index: int, settings: Settings):
+        self.index, self.settings = index, settings
+        self.uid = sandbox.DEFAULT_UID + index
+        self.path = out / "grading" / "shards" / str(index)
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True)
+        shutil.copytree(out / "solutions", self.path / "solutions")
+        shutil.copy2(out / "gradebook.db", self.path / "gradebook.db")
+        write_config(self.path)
+        self.jupyter = _kernel_dir(self.path)
+        # A short path: unix socket names must stay under 108 bytes.
+        self.runtime = Path(tempfile.mkdtemp(prefix="fpnlab-rt-"))
+        if os.geteuid() == 0 and settings.sandbox:
+            os.chown(self.runtime, self.uid, self.uid)   # the kernel's uid makes its sockets here
+        self.status_dir = self.path / "grading" / "status"
+        self.status_dir.mkdir(parents=True)
+
+    def env(self, status_file: Path) -> dict:
+        limits = sandbox.Limits(timeout=self.settings.timeout, memory=self.settings.memory,
+                                nproc=self.settings.nproc, sandbox=self.settings.sandbox,
+                                uid=self.uid)
+        env = {"JUPYTER_PATH": str(self.jupyter), "JUPYTER_RUNTIME_DIR": str(self.runtime),
+               "FPNLAB_GRADE_TIMEOUT": str(int(self.settings.timeout) + 5),
+               "FPNLAB_SANDBOX_STATUS": str(status_file), **limits.to_env()}
+        if self.settings.sandbox:
+            env["FPNLAB_GRADE_IPC"] = str(self.runtime / "k")
+            env["FPNLAB_SANDBOX_RUNTIME"] = str(self.runtime)
+        return env
+
+    def grade(self, job: Job) -> Row:
+        name = notebook_name(self.path / "solutions", job.lesson)
+        for top in ("submitted", "autograded", "feedback"):
+            shutil.rmtree(self.path / top / job.student_id / job.lesson, ignore_errors=True)
+        folder = self.path / "submitted" / job.student_id / job.lesson
+        folder.mkdir(parents=True)
+        nbformat.write(job.notebook, str(folder / name))
+        status_file = self.status_dir / f"{job.student_id}--{job.lesson}.json"
+        status_file.unlink(missing_ok=True)
+        for leftover in self.runtime.iterdir():
+            leftover.unlink(missing_ok=True) if leftover.is_file() else None
+        proc = run_nbgrader(["autograde", job.lesson, f"--student={job.student_id}", "--create",
+                             "--force"], self.path, env=self.env(status_file),
+                            timeout=self.settings.timeout + 180)
+        kernel = json.loads(status_file.read_text()) if status_file.exists() else {}
+        row = Row(job.student_id, job.lesson, sha256=job.sha256, detail=job.detail)
+        autograded = self.path / "autograded" / job.student_id / job.lesson / name
+        if kernel.get("status") == "timeout":
+            row.status = "timeout"
+            row.detail = _join(row.detail, f"stopped after {kernel.get('limit', 0):g} s")
+        elif kernel.get("status") == "killed":
+            row.status = "killed"
+            row.detail = _join(row.detail, f"kernel killed by signal {kernel.get('signal')}")
+        elif proc.returncode != 0 or not autograded.exists():
+            row.status = "error"
+            row.detail = _join(row.detail, _nbgrader_error(proc))
+        if row.status == GRADED:
+            row.score, row.max_score = self.score(job.lesson, job.student_id)
+            tampered = _integrity_failures(autograded)
+            if tampered:
+                row.detail = _join(row.detail, tampered)
+        else:
+            row.max_score = self.max_score(job.lesson)
+        return row
+
+    def score(self, lesson: str, student: str) -> Tuple[float, float]:
+        from nbgrader.api import Gradebook
+
+        with Gradebook(f"sqlite:///{self.path / 'gradebook.db'}") as gb:
+            sub = gb.find_submission(lesson, student)
+            return float(sub.score), float(sub.max_score)
+
+    def max_score(self, lesson: str) -> float:
+        return max_score(self.path, lesson)
+
+    def feedback(self, lesson: str, students: List[str]) -> str:
+        """nbgrader's feedback HTML for the graded students of this shard; '' or the error."""
+        if not students:
+            return ""
+        proc = run_nbgrader(["generate_feedback", lesson, "--force"], self.path,
+                            env={"JUPYTER_PATH": str(self.jupyter)}, timeout=600)
+        return "" if proc.returncode == 0 else _nbgrader_error(proc)
+
+    def close(self):
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+def max_score(course: Path, lesson: str) -> float:
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        return float(gb.find_assignment(lesson).max_score)
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def _nbgrader_error(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln.strip() for ln in (proc.stderr or "").splitlines() + (proc.stdout or "").splitlines()
+             if "ERROR" in ln or "Error" in ln or "rror:" in ln]
+    return (lines[-1] if lines else f"nbgrader exited with {proc.returncode}")[:300]
+
+
+def _integrity_failures(path: Path) -> str:
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception:  # noqa: BLE001
+        return ""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error" and out.get("ename") == "IntegrityError":
+                return "tampering: " + str(out.get("evalue", ""))[:200]
+    return ""
+
+
+# ----------------------------------------------------------------------------- merge
+
+def merge(out: Path, shard: Shard, lesson: str, students: List[str]) -> None:
+    """Copy the shard's grades of ``students`` into OUT's gradebook (one writer: this process),
+    and their submitted / autograded / feedback folders into OUT."""
+    import warnings
+
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # SQLAlchemy chatter from nbgrader's API
+        _merge_db(out, shard, lesson, students, Gradebook, MissingEntry)
+    for student in students:
+        for top in ("submitted", "autograded", "feedback"):
+            src_dir = shard.path / top / student / lesson
+            dst_dir = out / top / student / lesson
+            if src_dir.exists():
+                if dst_dir.exists():
+                    shutil.rmtree(dst_dir)
+                shutil.copytree(src_dir, dst_dir)
+
+
+def _merge_db(out, shard, lesson, students, Gradebook, MissingEntry) -> None:
+    with Gradebook(f"sqlite:///{shard.path / 'gradebook.db'}") as src, \
+            Gradebook(f"sqlite:///{out / 'gradebook.db'}") as dst:
+        for student in students:
+            try:
+                sub = src.find_submission(lesson, student)
+            except MissingEntry:
+                continue
+            dst.update_or_create_student(student)
+            dst.update_or_create_submission(lesson, student, timestamp=sub.timestamp)
+            for nb in sub.notebooks:
+                for g in nb.grades:
+                    d = dst.find_grade(g.name, nb.name, lesson, student)
+                    d.auto_score, d.manual_score = g.auto_score, g.manual_score
+                    d.extra_credit, d.needs_manual_grade = g.extra_credit, g.needs_manual_grade
+                for c in nb.comments:
+                    d = dst.find_comment(c.name, nb.name, lesson, student)
+                    d.auto_comment, d.manual_comment = c.auto_comment, c.manual_comment
+            dst.db.commit()
+
+
+def record_zero(out: Path, rows: List[Row]) -> None:
+    """Submissions nbgrader could not grade score 0 in OUT's gradebook too, so `nbgrader export`
+    agrees with grades.csv (and an older grade of a resubmitted notebook does not linger)."""
+    import warnings
+
+    from nbgrader.api import Gradebook
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+            for row in rows:
+                gb.update_or_create_student(row.student_id)
+                sub = gb.update_or_create_submission(row.lesson, row.student_id)
+                for nb in sub.notebooks:
+                    for g in nb.grades:
+                        g.auto_score, g.manual_score, g.needs_manual_grade = 0.0, None, False
+                    for c in nb.comments:
+                        c.auto_comment = f"not graded: {row.status}"
+                gb.db.commit()
+
+
+def write_status_feedback(out: Path, row: Row, notebook: str) -> None:
+    """Feedback for a submission nbgrader did not grade: what happened and what to do."""
+    folder = out / "feedback" / row.student_id / row.lesson
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    what = STATUSES.get(row.status, row.status)
+    body = (f"<h1>{html.escape(row.lesson)}: not graded ({html.escape(row.status)})</h1>"
+            f"<p>{html.escape(what)}.</p><p>{html.escape(row.detail)}</p>"
+            f"<p>Score: {row.score:g} / {row.max_score:g}</p>")
+    (folder / (Path(notebook).stem + ".html")).write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(row.lesson)}"
+        f"</title></head><body>{body}</body></html>\n")
+
+
+# ----------------------------------------------------------------------------- grades.csv
+
+def read_grades(path: Path) -> Dict[Tuple[str, str], Row]:
+    if not path.exists():
+        return {}
+    rows = {}
+    with open(path, newline="") as f:
+        for rec in csv.DictReader(f):
+            row = Row(**{k.name: rec.get(k.name, "") for k in fields(Row)})
+            row.score, row.max_score = float(row.score or 0), float(row.max_score or 0)
+            rows[(row.student_id, row.lesson)] = row
+    return rows
+
+
+def write_grades(path: Path, rows: Iterable[Row]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for row in sorted(rows, key=lambda r: (r.student_id, r.lesson)):
+        rec = asdict(row)
+        rec["score"], rec["max_score"] = f"{row.score:g}", f"{row.max_score:g}"
+        w.writerow(rec)
+    tmp = path.with_suffix(".csv.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
+          settings: Optional[Settings] = None, source: Optional[Path] = None,
+          progress: Optional[bool] = None, log: Callable[[str], None] = print) -> List[Row]:
+    """Grade ``submissions`` for ``lesson`` (or ``all``) into the course folder ``out``.
+
+    Returns the rows of this run (every row, kept ones included, is in ``out/grades.csv``).
+    Raises :class:`UsageError` for a bad invocation.
+    """
+    settings = settings or Settings()
+    source = Path(source or ROOT / "solutions").resolve()
+    out = Path(out).resolve()
+    submissions = Path(submissions).resolve()
+    available = lessons_in(source)
+    if lesson == "all":
+        lessons = available
+        if not lessons:
+            raise UsageError(f"no lessons in {source}")
+    elif lesson in available:
+        lessons = [lesson]
+    else:
+        raise UsageError(f"unknown lesson {lesson!r}; the course has: {', '.join(available) or 'none'}")
+    if not submissions.exists():
+        raise UsageError(f"submissions {submissions} do not exist")
+    if out == source or source in out.parents or out in submissions.parents or out == submissions:
+        raise UsageError(f"--out {out} must be a folder of its own, apart from the course and "
+                         "the submissions")
+    if settings.sandbox and not sandbox.bwrap_available():
+        raise UsageError("bubblewrap (bwrap) is not installed or cannot create namespaces here: "
+                         "learner code would run with your rights. Install it (Debian: apt-get "
+                         "install bubblewrap; `make system`) or pass --unsafe-no-sandbox.")
+    if submissions.is_file():
+        if submissions.suffix.lower() != ".zip":
+            raise UsageError(f"{submissions} is neither a folder nor a .zip")
+        submissions = unpack_zip(submissions, out / "grading" / "inbox")
+
+    hashes = prepare_course(out, source, lessons)
+    jobs = collect(submissions, lessons, out / "solutions", settings.max_bytes)
+    previous = read_grades(out / "grades.csv")
+    rows: Dict[Tuple[str, str], Row] = dict(previous)
+    todo: List[Job] = []
+    decided: List[Row] = []
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for job in jobs:
+        old = previous.get((job.student_id, job.lesson))
+        if (old and job.sha256 and old.sha256 == job.sha256 and old.status != "error"
+                and old.source_sha256 == hashes[job.lesson]):
+            continue                       # unchanged: keep its grade
+        if job.status:
+            row = Row(job.student_id, job.lesson, 0.0, max_score(out, job.lesson), job.status,
+                      job.detail, job.sha256, hashes[job.lesson], now)
+            decided.append(row)
+        else:
+            todo.append(job)
+    for row in decided:
+        rows[(row.student_id, row.lesson)] = row
+        write_status_feedback(out, row, notebook_name(out / "solutions", row.lesson))
+    record_zero(out, decided)
+
+    graded = _run_shards(out, todo, workers, settings, progress, hashes, now)
+    for row in graded:
+        rows[(row.student_id, row.lesson)] = row
+    write_grades(out / "grades.csv", rows.values())
+    kept = len(jobs) - len(decided) - len(todo)
+    log(f"fpnlab grade: {len(graded)} notebooks graded, {len(decided)} not gradable, "
+        f"{kept} unchanged (kept); grades in {out / 'grades.csv'}")
+    return decided + graded
+
+
+def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
+                progress: Optional[bool], hashes: Dict[str, str], now: str) -> List[Row]:
+    if not todo:
+        return []
+    workers = max(1, min(workers, len(todo)))
+    # Round-robin over students (sorted), so each shard gets a fair mix.
+    shards = [Shard(out, i, settings) for i in range(workers)]
+    plan: List[List[Job]] = [[] for _ in shards]
+    for i, job in enumerate(sorted(todo, key=lambda j: (j.student_id, j.lesson))):
+        plan[i % workers].append(job)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(todo), unit="notebook", desc="grading", file=sys.stderr)
+    lock = threading.Lock()
+    results: List[List[Row]] = [[] for _ in shards]
+
+    def work(i: int) -> None:
+        shard = shards[i]
+        try:
+            for job in plan[i]:
+                try:
+                    row = shard.grade(job)
+                except Exception as e:  # noqa: BLE001 (one submission never stops the batch)
+                    row = Row(job.student_id, job.lesson, 0.0, 0.0, "error",
+                              f"{type(e).__name__}: {e}"[:300], job.sha256)
+                row.source_sha256, row.graded_at = hashes[job.lesson], now
+                results[i].append(row)
+                if bar is not None:
+                    with lock:
+                        bar.set_postfix_str(f"{job.student_id}: {row.status}", refresh=False)
+                        bar.update(1)
+            for lesson in sorted({j.lesson for j in plan[i]}):
+                ok = [r.student_id for r in results[i] if r.lesson == lesson and r.status == GRADED]
+                err = shard.feedback(lesson, ok)
+                if err:
+                    for r in results[i]:
+                        if r.lesson == lesson and r.status == GRADED:
+                            r.detail = _join(r.detail, f"no feedback: {err}")
+        finally:
+            shard.close()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(work, range(workers)))
+    if bar is not None:
+        bar.close()
+    rows = []
+    for i, shard in enumerate(shards):       # merged here, one writer, in shard order
+        by_lesson: Dict[str, List[str]] = {}
+        for row in results[i]:
+            if row.status == GRADED:
+                by_lesson.setdefault(row.lesson, []).append(row.student_id)
+        for lesson, students in by_lesson.items():
+            merge(out, shard, lesson, students)
+        for row in results[i]:
+            if row.status != GRADED:
+                write_status_feedback(out, row, notebook_name(out / "solutions", row.lesson))
+            rows.append(row)
+        record_zero(out, [r for r in results[i] if r.status != GRADED])
+    return rows
+
+
+# ----------------------------------------------------------------------------- nbgrader plug-ins
+# Imported by nbgrader (autograder/grading/nbgrader_config.py names them), never by the kernel.
+
+def _preprocessors():
+    from nbconvert.preprocessors import Preprocessor
+    from nbgrader.preprocessors import Execute
+
+    class CappedExecute(Execute):
+        """nbgrader's Execute, keeping at most MAX_OUTPUT bytes of a notebook's output."""
+
+        def preprocess(self, nb, resources=None, km=None):
+            self._fpnlab_bytes = 0
+            self._fpnlab_capped = False
+            return super().preprocess(nb, resources, km)
+
+        def output(self, outs, msg, display_id, cell_index):
+            content = msg.get("content", {})
+            size = len(json.dumps(content.get("data") or content.get("text") or ""))
+            self._fpnlab_bytes = getattr(self, "_fpnlab_bytes", 0) + size
+            if self._fpnlab_bytes > MAX_OUTPUT and msg.get("msg_type") in (
+                    "stream", "display_data", "execute_result", "update_display_data"):
+                if not getattr(self, "_fpnlab_capped", False):
+                    self._fpnlab_capped = True
+                    outs.append(nbformat.v4.new_output(
+                        "stream", name="stderr",
+                        text=f"\n[fpnlab grader: output beyond {MAX_OUTPUT >> 20} MB dropped]\n"))
+                return None
+            return super().output(outs, msg, display_id, cell_index)
+
+    class SanitizeFeedback(Preprocessor):
+        """Feedback without hidden tests, the grader's integrity line or traceback lines."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.enabled = True          # nbconvert preprocessors are off by default
+
+        def preprocess_cell(self, cell, resources, index):
+            if cell.cell_type != "code":
+                return cell, resources
+            if cell.get("metadata", {}).get("nbgrader", {}).get("grade"):
+                cell.source = strip_hidden(cell.source)
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error":
+                    out["traceback"] = [f"{out.get('ename', 'Error')}: {out.get('evalue', '')}"]
+            return cell, resources
+
+    return CappedExecute, SanitizeFeedback
+
+
+HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?^[ \t]*### END HIDDEN TESTS[^\n]*\n?",
+                    re.S | re.M)
+
+
+def strip_hidden(source: str) -> str:
+    """A test cell's source without hidden tests and without the grader's integrity line."""
+    source = HIDDEN.sub("# (hidden tests: not shown)\n", source)
+    if "### BEGIN HIDDEN TESTS" in source:          # unterminated: drop everything after it
+        source = source.split("### BEGIN HIDDEN TESTS")[0] + "# (hidden tests: not shown)\n"
+    return "\n".join(ln for ln in source.splitlines() if INTEGRITY_MARK not in ln)
+
+
+def __getattr__(name):
+    if name in ("CappedExecute", "SanitizeFeedback"):
+        capped, sanitize = _preprocessors()
+        globals().update(CappedExecute=capped, SanitizeFeedback=sanitize)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

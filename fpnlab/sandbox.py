@@ -1,0 +1,414 @@
+"""A Jupyter kernel wrapped in bubblewrap, for grading code nobody has reviewed.
+
+``fpnlab grade`` writes a kernelspec whose ``argv`` runs ``python -m fpnlab.sandbox kernel -f
+{connection_file}``. That launcher runs *outside* the sandbox with the grader's rights and:
+
+1. when started as root, the kernel still runs as an unprivileged uid (root is exempt from
+   ``RLIMIT_NPROC``), one uid per grading worker so one student's fork bomb cannot starve
+   another worker's kernel;
+2. starts ``bwrap`` with every namespace unshared (no network, own PIDs, own users), a read-only
+   view of the system, Python and the ``fpnlab`` package only (no repository, no course
+   directory, no gradebook, no submissions, no home), a private ``/tmp`` and a scratch folder as
+   the only writable places, and the folder holding the kernel's connection file and its ``ipc``
+   sockets (with no network, ZMQ cannot use TCP: the grader sets ``KernelManager.transport``
+   to ``ipc``);
+3. inside, ``python -m fpnlab.sandbox limits ...`` sets the rlimits (address space, processes,
+   file size, CPU time, open files, no core files) and execs the kernel, so the process limit
+   counts only the sandbox's own processes;
+4. kills the whole sandbox after a wall-clock limit and writes what happened (``ok``, ``timeout``,
+   ``killed`` with the signal) to the file named by ``FPNLAB_SANDBOX_STATUS``.
+
+Settings come from ``FPNLAB_SANDBOX_*`` environment variables, set by the grader in nbgrader's
+environment; none of them reaches the learner's code (the sandbox starts from an empty
+environment). Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+BWRAP = "/usr/bin/bwrap"
+HOME = "/home/learner"          # the learner's scratch folder, as the sandbox sees it
+DEFAULT_UID = 61000             # the kernel's uid when grading runs as root (plus the worker number)
+ENV_PREFIX = "FPNLAB_SANDBOX_"
+# Environment the kernel gets (everything else is cleared: NBGRADER_EXECUTION, JPY_PARENT_PID ...).
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+PASS_VARS = ("LANG", "LC_ALL", "FPNLAB_DEVICE", "CUDA_VISIBLE_DEVICES", "TZ")
+
+
+@dataclass
+class Limits:
+    """Per-kernel limits. ``memory`` is address space (bytes), ``nproc`` processes + threads."""
+
+    timeout: float = 600.0         # wall clock, whole notebook (seconds)
+    memory: int = 6 << 30          # RLIMIT_AS: torch alone maps ~2 GiB of address space
+    nproc: int = 256               # RLIMIT_NPROC inside the sandbox's own user namespace
+    fsize: int = 64 << 20          # RLIMIT_FSIZE: largest file the kernel may write
+    nofile: int = 1024
+    cpu: Optional[int] = None      # RLIMIT_CPU seconds (default: timeout + 30)
+    sandbox: bool = True           # False only with --unsafe-no-sandbox: rlimits and timeout only
+    uid: Optional[int] = None      # the unprivileged uid to run as when started as root
+    readable: List[str] = field(default_factory=list)   # extra read-only paths to show
+
+    def to_env(self) -> Dict[str, str]:
+        return {ENV_PREFIX + "LIMITS": json.dumps(asdict(self))}
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "Limits":
+        raw = env.get(ENV_PREFIX + "LIMITS")
+        return cls(**json.loads(raw)) if raw else cls()
+
+
+def bwrap_available() -> Optional[str]:
+    """The bwrap binary when it is installed and can create namespaces here, else None."""
+    path = shutil.which("bwrap") or (BWRAP if os.path.exists(BWRAP) else None)
+    if not path:
+        return None
+    probe = subprocess.run([path, "--unshare-all", "--ro-bind", "/", "/", "--", "/bin/true"],
+                           capture_output=True, timeout=30)
+    return path if probe.returncode == 0 else None
+
+
+def _system_binds() -> List[str]:
+    args: List[str] = []
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    args += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    return args
+
+
+def _python_paths() -> List[str]:
+    """Folders the kernel needs to read: the interpreter, the venv, the fpnlab package."""
+    import fpnlab
+
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix,
+             os.path.dirname(os.path.realpath(sys.executable)),
+             str(Path(fpnlab.__file__).resolve().parent)}
+    # Interpreter prefixes are typically under /usr already; skip those to keep the view small.
+    return sorted(p for p in paths if p and not p.startswith("/usr/"))
+
+
+def bwrap_command(bwrap: str, connection_dir: str, scratch: str, limits: Limits,
+                  inner: List[str], as_root: bool = False) -> List[str]:
+    """The bwrap argv that runs ``inner`` in the sandbox."""
+    if as_root:
+        # Real root is exempt from RLIMIT_NPROC, and a user namespace made by root maps to root:
+        # keep the mounts privileged, and let the inner step switch to ``limits.uid`` (the only
+        # capabilities kept are those two, and setuid to a non-zero uid drops them).
+        unshare = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                   "--unshare-cgroup-try", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        unshare = ["--unshare-all"]
+    args = [bwrap, *unshare, "--die-with-parent", "--new-session", "--clearenv",
+            *_system_binds(),
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/home",
+            "--tmpfs", "/run", "--tmpfs", "/var", "--dir", "/var/tmp"]
+    made = {"/", "/tmp", "/home", "/run", "/var", "/usr", "/etc", "/proc", "/dev"}
+    for p in _python_paths() + list(limits.readable):
+        # bwrap makes missing parents 0700; the kernel's uid must be able to walk through them.
+        for parent in reversed(Path(p).parents):
+            if str(parent) not in made:
+                made.add(str(parent))
+                args += ["--perms", "0755", "--dir", str(parent)]
+        args += ["--ro-bind-try", p, p]
+    gpus = sorted(str(p) for p in Path("/dev").glob("nvidia*"))
+    for dev in gpus:                      # CUDA when the grading machine has a GPU
+        args += ["--dev-bind", dev, dev]
+    if gpus:
+        args += ["--ro-bind-try", "/sys", "/sys"]
+    args += ["--bind", scratch, HOME, "--bind", connection_dir, connection_dir, "--chdir", HOME]
+    env = {"HOME": HOME, "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
+           "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONNOUSERSITE": "1", "TMPDIR": "/tmp", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    for var in THREAD_VARS:
+        env[var] = os.environ.get(var, "1")
+    for var in PASS_VARS:
+        if var in os.environ:
+            env[var] = os.environ[var]
+    for k, v in env.items():
+        args += ["--setenv", k, v]
+    return args + ["--", *inner]
+
+
+def _limits_argv(limits: Limits, uid: Optional[int] = None) -> List[str]:
+    cpu = limits.cpu if limits.cpu is not None else int(limits.timeout) + 30
+    argv = [sys.executable, "-m", "fpnlab.sandbox", "limits", "--as", str(limits.memory),
+            "--nproc", str(limits.nproc), "--fsize", str(limits.fsize),
+            "--nofile", str(limits.nofile), "--cpu", str(cpu)]
+    if uid is not None:
+        argv += ["--uid", str(uid)]
+    return argv + ["--"]
+
+
+def _write_status(path: Optional[str], **status) -> None:
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(status, f)
+    os.replace(tmp, path)
+
+
+def _die_with_parent():
+    """preexec_fn: the child dies with this launcher, even when the launcher is SIGKILLed."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # pragma: no cover (not glibc)
+        pass
+
+
+def launch(kernel_argv: List[str], connection_file: str, limits: Limits,
+           status_path: Optional[str] = None) -> int:
+    """Run ``kernel_argv`` under the limits (and bwrap unless disabled); return its exit code."""
+    connection_file = os.path.abspath(connection_file)
+    connection_dir = os.path.dirname(connection_file)
+    # Without the sandbox the kernel keeps the grader's uid (as root: no process limit).
+    uid = (limits.uid or DEFAULT_UID) if os.geteuid() == 0 and limits.sandbox else None
+    runtime = os.environ.get(ENV_PREFIX + "RUNTIME")
+    if limits.sandbox and (not runtime or os.path.realpath(runtime) != os.path.realpath(connection_dir)):
+        # The folder is bound into the sandbox (and given to the kernel's uid): only the
+        # private runtime folder the grader made for this purpose will do, never /tmp.
+        print(f"fpnlab sandbox: connection file {connection_file} is not in the runtime folder "
+              f"{runtime} ({ENV_PREFIX}RUNTIME)", file=sys.stderr)
+        _write_status(status_path, status="error", detail="connection file outside the runtime folder")
+        return 2
+    scratch = tempfile.mkdtemp(prefix="fpnlab-scratch-")
+    if uid is not None:
+        # The kernel runs as ``uid``: it must read its connection file and own its scratch.
+        # (The grader made the runtime folder for that uid.)
+        for p in (scratch, connection_file):
+            os.chown(p, uid, uid)
+    inner = _limits_argv(limits, uid) + kernel_argv
+    if limits.sandbox:
+        bwrap = shutil.which("bwrap") or BWRAP
+        cmd = bwrap_command(bwrap, connection_dir, scratch, limits, inner, as_root=uid is not None)
+        cwd = scratch
+    else:
+        cmd, cwd = inner, os.getcwd()
+    env = None if limits.sandbox else {k: v for k, v in os.environ.items()
+                                       if not k.startswith(ENV_PREFIX)
+                                       and k not in ("NBGRADER_EXECUTION", "JPY_PARENT_PID")}
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, preexec_fn=_die_with_parent,
+                            start_new_session=True)
+
+    def stop(signum, _frame):
+        _kill(proc)
+        _write_status(status_path, status="stopped", signal=signum,
+                      seconds=round(time.monotonic() - start, 2))
+        shutil.rmtree(scratch, ignore_errors=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # interrupts travel as kernel messages
+    try:
+        code = proc.wait(timeout=limits.timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        _write_status(status_path, status="timeout", seconds=round(time.monotonic() - start, 2),
+                      limit=limits.timeout)
+        code = -signal.SIGKILL
+    else:
+        took = round(time.monotonic() - start, 2)
+        if code < 0 or code >= 128:
+            sig = -code if code < 0 else code - 128
+            _write_status(status_path, status="killed", signal=sig, seconds=took)
+        else:
+            _write_status(status_path, status="ok", exit_code=code, seconds=took)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return code
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def set_limits(memory: int, nproc: int, fsize: int, nofile: int, cpu: int,
+               uid: Optional[int] = None) -> None:
+    """Apply the rlimits to this process (inherited by everything it starts), then switch to
+    ``uid`` when given (the sandbox started as root)."""
+    for which, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_NPROC, nproc),
+                         (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_NOFILE, nofile),
+                         (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(which, (value, value))
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        if os.getuid() == 0 or os.geteuid() == 0:  # pragma: no cover (setuid must not fail open)
+            raise SystemExit("fpnlab sandbox: could not drop root")
+
+
+def kernelspec(python: str = sys.executable) -> dict:
+    """The kernel.json of the sandboxed kernel (its settings come from the environment)."""
+    return {"argv": [python, "-m", "fpnlab.sandbox", "kernel", "-f", "{connection_file}"],
+            "display_name": "Python 3 (fpnlab, sandboxed)", "language": "python",
+            "interrupt_mode": "message", "metadata": {"debugger": False}}
+
+
+# ----------------------------------------------------------------------------- integrity
+# The grader puts this line at the top of every graded test cell (in its own copy of the
+# source; releases never show it), so each test first checks that the learner's code has not
+# replaced what the test relies on.
+INTEGRITY_LINE = '__import__("fpnlab.sandbox").sandbox.verify()  # fpnlab grader: integrity check'
+GUARDED = ("torch", "torch.nn", "torch.nn.functional", "torchvision", "numpy", "math", "builtins")
+
+
+class IntegrityError(AssertionError):
+    """The notebook replaced part of fpnlab, torch or Python the tests rely on."""
+
+
+def _defined_in_notebook(value, roots) -> bool:
+    """True when ``value`` (a function, class, property, partial, bound method or instance) was
+    made by code outside the installed libraries: a notebook cell, exec() of a string."""
+    import functools
+    import types
+
+    seen = 0
+    while seen < 5:
+        seen += 1
+        if isinstance(value, property):
+            return any(_defined_in_notebook(f, roots) for f in (value.fget, value.fset) if f)
+        if isinstance(value, functools.partial):
+            value = value.func
+            continue
+        if isinstance(value, types.MethodType):
+            value = value.__func__
+            continue
+        break
+    if isinstance(value, types.FunctionType):
+        filename = value.__code__.co_filename
+        return not (os.path.isabs(filename) and filename.startswith(roots))
+    if isinstance(value, type):
+        return value.__module__ == "__main__"
+    if isinstance(value, types.ModuleType):
+        return False
+    return type(value).__module__ == "__main__"
+
+
+def tampering() -> List[str]:
+    """What the running notebook replaced in fpnlab, torch or builtins (empty when nothing)."""
+    import builtins
+    import types
+
+    roots = tuple(sorted({os.path.realpath(p) + os.sep for p in _python_paths() + ["/usr/"]}
+                         | {p + os.sep for p in _python_paths()}))
+    found: List[str] = []
+    names = [n for n in list(sys.modules) if n == "fpnlab" or n.startswith("fpnlab.")]
+    for name in names + [g for g in GUARDED if g in sys.modules]:
+        mod = sys.modules[name]
+        if not isinstance(mod, types.ModuleType) or (
+                name != "builtins" and not str(getattr(mod, "__file__", "") or "").startswith(roots)):
+            found.append(f"sys.modules[{name!r}] (replaced by an object made in the notebook)")
+            continue
+        for attr, value in list(vars(mod).items()):
+            if _defined_in_notebook(value, roots):
+                found.append(f"{name}.{attr}")
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        for cls in (getattr(torch, "Tensor", None), getattr(torch.nn, "Module", None),
+                    getattr(getattr(torch, "_C", None), "TensorBase", None)):
+            if isinstance(cls, type):
+                for attr, value in list(vars(cls).items()):
+                    if _defined_in_notebook(value, roots):
+                        found.append(f"{cls.__module__}.{cls.__name__}.{attr}")
+    found += _fpnlab_changed(names)
+    return sorted(set(found))
+
+
+def _fpnlab_changed(names: List[str]) -> List[str]:
+    """fpnlab functions whose code differs from the file on disk (``f.__code__ = ...``, or a
+    name rebound to another fpnlab function)."""
+    import importlib.util
+    import types
+
+    changed = []
+    for name in names:
+        mod = sys.modules.get(name)
+        path = getattr(mod, "__file__", None)
+        if not path or not path.endswith(".py") or name == __name__:
+            continue
+        spec = importlib.util.spec_from_file_location(f"_fpnlab_fresh_{name}", path)
+        fresh = importlib.util.module_from_spec(spec)
+        fresh.__package__ = getattr(mod, "__package__", None)
+        try:
+            spec.loader.exec_module(fresh)
+        except Exception:  # noqa: BLE001 (a module that cannot load twice is left unchecked)
+            continue
+        for attr, want in vars(fresh).items():
+            if not isinstance(want, types.FunctionType) or want.__module__ != fresh.__name__:
+                continue
+            got = getattr(mod, attr, None)
+            if not isinstance(got, types.FunctionType) or got.__code__ != want.__code__:
+                changed.append(f"{name}.{attr}")
+    return changed
+
+
+def verify() -> None:
+    """Raise :class:`IntegrityError` when the notebook monkeypatched what the tests use."""
+    try:
+        found = tampering()
+    except Exception as e:  # noqa: BLE001 (patched builtins break the check itself)
+        raise IntegrityError(f"integrity: the check of fpnlab, torch and Python could not run "
+                             f"({type(e).__name__}: {e}): has the notebook replaced builtins? "
+                             "(fpnlab grader)") from None
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise IntegrityError(
+            f"integrity: the notebook replaced {shown}. Tests use fpnlab, torch and Python as "
+            "installed; code that rebinds them cannot earn points (fpnlab grader).")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fpnlab.sandbox", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("kernel", help="launch an ipykernel in the sandbox (kernelspec argv)")
+    k.add_argument("-f", dest="connection_file", required=True)
+    lim = sub.add_parser("limits", help="set rlimits, then exec a command (runs in the sandbox)")
+    lim.add_argument("--as", dest="memory", type=int, required=True)
+    lim.add_argument("--nproc", type=int, required=True)
+    lim.add_argument("--fsize", type=int, required=True)
+    lim.add_argument("--nofile", type=int, required=True)
+    lim.add_argument("--cpu", type=int, required=True)
+    lim.add_argument("--uid", type=int, default=None, help="switch to this uid (started as root)")
+    lim.add_argument("command", nargs=argparse.REMAINDER)
+    args, extra = p.parse_known_args(argv)
+    if args.cmd == "limits":
+        args.command += extra
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not command:
+            p.error("limits: no command to run")
+        set_limits(args.memory, args.nproc, args.fsize, args.nofile, args.cpu, args.uid)
+        os.execv(command[0], command)
+    limits = Limits.from_env()
+    extra = [a for a in extra if a.startswith("--") and "=" in a] or ["--HistoryManager.hist_file=:memory:"]
+    kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", args.connection_file, *extra]
+    return launch(kernel, args.connection_file, limits, os.environ.get(ENV_PREFIX + "STATUS"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
