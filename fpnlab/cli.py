@@ -58,7 +58,61 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--diff", action="store_true",
                    help="compare with the reference trace; exit 1 at the first stage that differs")
     t.set_defaults(func=cmd_trace)
+
+    g = sub.add_parser("grade", help="autograde a class's submissions (nbgrader, sandboxed)",
+                       description="Autograde submissions with nbgrader, each notebook in a "
+                       "bubblewrap sandbox; writes OUT/grades.csv, OUT/feedback/ and the gradebook.")
+    g.add_argument("lesson", metavar="LESSON", help="an assignment name (e.g. 01-preprocessing) or all")
+    g.add_argument("submissions", metavar="SUBMISSIONS",
+                   help="a folder <student>/<lesson>/<notebook>.ipynb (or <student>/<notebook>.ipynb), "
+                   "or an LMS .zip of <student>_<anything>_<notebook>.ipynb files")
+    g.add_argument("--out", required=True, help="the grading course folder (kept across runs)")
+    g.add_argument("--workers", type=_positive, default=1, help="shards graded at once (default 1)")
+    g.add_argument("--timeout", type=_positive, default=600,
+                   help="wall-clock limit per notebook in seconds (default 600)")
+    g.add_argument("--memory-gb", type=_positive, default=6, help="address-space limit per kernel")
+    g.add_argument("--source", default=None, help="course source folder (default: the repo's solutions/)")
+    g.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="run learner code without bubblewrap (rlimits and timeout only)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_grade)
+
+    k = sub.add_parser("check", help="run a notebook's visible tests and say what passes")
+    k.add_argument("notebook", metavar="NOTEBOOK")
+    k.add_argument("--timeout", type=_positive, default=600, help="per-cell limit in seconds")
+    k.add_argument("--kernel", default=None, help="kernel name (default: the notebook's, else python3)")
+    k.set_defaults(func=cmd_check)
     return p
+
+
+def cmd_grade(args) -> int:
+    from pathlib import Path
+
+    from .grade import Settings, UsageError, grade
+
+    settings = Settings(timeout=args.timeout, memory=args.memory_gb << 30,
+                        sandbox=not args.unsafe_no_sandbox)
+    if args.unsafe_no_sandbox:
+        print("fpnlab grade: WARNING: --unsafe-no-sandbox: learner code runs with your rights",
+              file=sys.stderr)
+    try:
+        grade(args.lesson, Path(args.submissions), Path(args.out), workers=args.workers,
+              settings=settings, source=Path(args.source) if args.source else None,
+              progress=False if args.no_progress else None)
+    except UsageError as e:
+        print(f"fpnlab grade: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from .selfcheck import CheckUsageError, run_check
+
+    try:
+        return run_check(args.notebook, timeout=args.timeout, kernel=args.kernel)
+    except CheckUsageError as e:
+        print(f"fpnlab check: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def cmd_shapes(args) -> int:
