@@ -227,7 +227,12 @@ def explorer_html(res: Exploration) -> str:
     for r in res.rows:
         bg = {"mismatch": BAD_BG, "error": ERROR_BG}.get(r.status, "")
         style = f' style="background:{bg}"' if bg else ""
-        cells = [r.stage, _cell(r.engine) if r.status != "error" else "impossible",
+        engine = _cell(r.engine)
+        if r.status == "error":
+            engine = "impossible"
+        elif r.engine is None and res.shape_error is not None and r.stage not in res.shapes:
+            engine = "not reached"
+        cells = [r.stage, engine,
                  "-" if r.stride is None else str(r.stride)]
         if with_model:
             mark = {"ok": "&#10003;", "mismatch": "&#10007; differs", "error": "&#10007;"}.get(
@@ -247,7 +252,13 @@ def explorer_html(res: Exploration) -> str:
     out.append("</table>")
     if res.shape_error is not None:
         out.append(f'<div class="fpnlab-error" style="color:#b00020;margin-top:4px">'
-                   f"<b>{esc(res.shape_error.level)}:</b> {esc(str(res.shape_error))}</div>")
+                   f"{esc(str(res.shape_error))}</div>")
+    err = res.shape_error
+    if err is not None and res.model_shapes is not None and err.level in res.model_shapes:
+        out.append(f'<div class="fpnlab-model-note" style="margin-top:4px">Your model produced '
+                   f"{esc(err.level)} anyway: it resizes the top-down map to the lateral's size "
+                   "(torchvision's FPN interpolates with <code>size=</code>) instead of doubling "
+                   "it; maskrcnn-benchmark's <code>scale_factor=2</code> fails here.</div>")
     if res.model_error is not None:
         out.append(f'<div class="fpnlab-model-error" style="color:#b00020;margin-top:4px">'
                    f"<b>your model raised</b> {esc(res.model_error)}</div>")

@@ -57,7 +57,25 @@ def _set_int(page, name: str, value: int) -> None:
     box.scroll_into_view_if_needed()
     box.fill(str(value))
     box.press("Enter")
-    box.press("Tab")
+    box.evaluate("e => e.blur()")
+
+
+KERNEL_IDLE = """() => {
+    const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+    return !!(k && k.status === 'idle' && w.context.isReady);
+}"""
+
+
+def _idle(page, timeout_ms: int = 90_000) -> None:
+    """Wait until the notebook's kernel is idle (every queued update has been drawn)."""
+    page.wait_for_timeout(300)      # let the comm message reach the kernel first
+    page.wait_for_function(KERNEL_IDLE, timeout=timeout_ms)
+
+
+def _pyramid_src(page) -> str:
+    return page.locator(".fpnlab-explorer img.fpnlab-pyramid, .fpnlab-explorer .fpnlab-pyramid img,"
+                        " .fpnlab-explorer img").first.get_attribute("src") or ""
 
 
 def _wait_text(page, stage: str, column: str, expected: str, timeout: float = 60.0) -> str:
@@ -101,14 +119,7 @@ def test_shape_explorer_in_jupyterlab(tmp_path):
             page.goto(server.url(NOTEBOOK.name), wait_until="domcontentloaded", timeout=60_000)
             # the app (exposed with --LabApp.expose_app_in_browser) with the notebook open and
             # its kernel idle: then run every cell
-            page.wait_for_function(
-                """() => {
-                    const app = window.jupyterapp; if (!app) return false;
-                    const w = app.shell.currentWidget;
-                    const k = w && w.sessionContext && w.sessionContext.session &&
-                              w.sessionContext.session.kernel;
-                    return !!(k && k.status === 'idle' && w.context.isReady);
-                }""", timeout=90_000)
+            page.wait_for_function(KERNEL_IDLE, timeout=90_000)
             kernel_name = page.evaluate(
                 "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.name")
             assert kernel_name == lab.KERNEL, f"the notebook runs on kernel {kernel_name!r}"
@@ -122,38 +133,55 @@ def test_shape_explorer_in_jupyterlab(tmp_path):
             assert _cell_text(page, "P7", "model") == _p7(h0, w0)
             page.locator(".fpnlab-explorer img").first.wait_for(state="visible", timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "1-explorer.png"))
+            picture = _pyramid_src(page)
 
-            # new height and width: the engine's and the model's P7 follow
+            # new height and width: the engine's and the model's P7 follow, the pyramid redraws
             h1, w1 = 600, 1500   # resized 480x1200, padded 480x1216
             _set_int(page, "height", h1)
             _set_int(page, "width", w1)
             expected = _p7(h1, w1)
             assert expected != _p7(h0, w0)
             got = _wait_text(page, "P7", "engine", expected)
+            _idle(page)
             page.locator(".fpnlab-explorer").first.scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / "2-explorer-600x1500.png"))
             assert got == expected, f"P7 on the page is {got!r}, the shape engine says {expected!r}"
             assert _wait_text(page, "P7", "model", expected) == expected
             assert _cell_text(page, "padded", "engine") == format_shape(
                 stage_shapes(h1, w1, REFERENCE)["padded"])
+            assert _pyramid_src(page) != picture, "the pyramid was not redrawn"
+
+            # no padding: the top-down addition fails, the explorer says where and why
+            page.locator(".fpnlab-explorer .fpnlab-size-divisible select").first.select_option(
+                label="0")
+            failing = page.locator('.fpnlab-explorer tr[data-stage="P4"][data-status="error"]')
+            failing.first.wait_for(state="attached", timeout=60_000)
+            why = page.locator(".fpnlab-explorer .fpnlab-error").first.inner_text()
+            assert "P4: the top-down addition is impossible" in why, why
+            _idle(page)
+            page.screenshot(path=str(ARTIFACTS / "3-explorer-no-padding.png"))
+            page.locator(".fpnlab-explorer .fpnlab-size-divisible select").first.select_option(
+                label="32")
+            assert _wait_text(page, "P7", "engine", expected) == expected
 
             # a bad value shows a message in the widget, not a traceback
             _set_int(page, "height", 10)
             msg = page.locator(".fpnlab-explorer .fpnlab-messages")
             msg.first.wait_for(state="visible", timeout=30_000)
             assert "height must be between 32 and 1600, got 10" in msg.first.inner_text()
-            page.screenshot(path=str(ARTIFACTS / "3-explorer-bad-height.png"))
+            _idle(page)
+            page.screenshot(path=str(ARTIFACTS / "4-explorer-bad-height.png"))
 
             # the other widgets of the notebook rendered too (the last cell finishes last)
             diff = page.locator(".fpnlab-trace-diff .fpnlab-diff-summary")
             diff.first.wait_for(state="attached", timeout=90_000)
             diff.first.scroll_into_view_if_needed()
             assert "First divergence at padded" in diff.first.inner_text()
-            page.screenshot(path=str(ARTIFACTS / "4-trace-diff.png"))
+            page.screenshot(path=str(ARTIFACTS / "5-trace-diff.png"))
             fmaps = page.locator(".fpnlab-feature-maps img")
             fmaps.first.wait_for(state="attached", timeout=30_000)
             fmaps.first.scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "5-feature-maps.png"))
+            page.screenshot(path=str(ARTIFACTS / "6-feature-maps.png"))
             errors_in_outputs = page.locator(".jp-OutputArea-output[data-mime-type="
                                              "'application/vnd.jupyter.stderr']")
             tracebacks = [t for t in errors_in_outputs.all_inner_texts() if "Traceback" in t]

@@ -79,6 +79,7 @@ def test_impossible_addition_is_shown_where_and_why():
     html_text = widgets.explorer_html(res)
     assert widgets.displayed_shape(html_text, "P3") == "impossible"
     assert widgets.displayed_shape(html_text, "C3") == "1x512x60x71"
+    assert widgets.displayed_shape(html_text, "P6") == "not reached"
     assert "top-down addition is impossible" in html_text
     # the widget shows it too, and the picture is the failure's
     box = widgets.shape_explorer()
@@ -128,6 +129,16 @@ def test_model_shapes_sit_next_to_the_engine(meta_backbone):
     assert all(r.status == "ok" and r.model == shapes[r.stage] for r in model_rows)
     html_text = widgets.explorer_html(res)
     assert "shape (your model, meta)" in html_text and "differs" not in html_text
+
+
+def test_a_model_that_survives_odd_sizes_is_explained(meta_backbone):
+    res = widgets.explore(600, 1500, size_divisible=0, model=meta_backbone)
+    assert res.shape_error.level == "P4"
+    row = next(r for r in res.rows if r.stage == "P4")
+    assert row.status == "error" and row.model == (1, 1024, 30, 75)   # torchvision: size=lateral
+    assert "Your model produced P4 anyway" in widgets.explorer_html(res)
+    fine = widgets.explore(600, 1500, model=meta_backbone)
+    assert "anyway" not in widgets.explorer_html(fine)
 
 
 def test_model_built_for_other_channels_is_flagged(meta_backbone):
