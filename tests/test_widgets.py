@@ -288,3 +288,21 @@ def test_feature_maps_problems_show_a_message(small_run):
     assert "not one on the meta device" in on_meta.children[0].value
     bad_image = widgets.feature_maps(model, "photo.jpg")
     assert "image must be a PIL image" in bad_image.children[0].value
+
+
+# ----------------------------------------------------------------------------- the demo notebook
+def test_demo_notebook_uses_every_widget_and_carries_no_outputs():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "explore" / "shape-explorer.ipynb"
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "fpnlab"
+    assert "widgets" not in nb["metadata"], "widget state saved in the notebook"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    source = "\n".join("".join(c["source"]) for c in code)
+    for call in ("widgets.shape_explorer(", "widgets.pyramid(", "widgets.feature_maps(",
+                 "widgets.trace_diff("):
+        assert call in source, f"the demo notebook does not use {call}...)"
+    assert "pip install" not in source and "urlopen" not in source
