@@ -1,0 +1,37 @@
+"""Stage 6 (the whole backbone) grades both ways: full marks, zero, and exactly each mistake's points."""
+import pytest
+
+from conftest import Mistake, grade_both_ways
+
+ASSIGNMENT = "06-backbone"
+
+
+def answer(course, grade_id="builder"):
+    nb = course.solution(ASSIGNMENT)
+    return next(c.source for c in nb.cells
+                if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+def variant(source, old, new):
+    """The solution with one learner's mistake; fails loudly if the solution no longer has ``old``."""
+    assert old in source, f"the solution of {ASSIGNMENT} no longer contains {old!r}"
+    return source.replace(old, new)
+
+
+@pytest.mark.slow
+def test_builder_grades_both_ways(course):
+    src = answer(course)
+    grade_both_ways(course, ASSIGNMENT, [
+        # The yaml files' 256 typed in: wrong against the reference's 1024 and every hidden config.
+        Mistake("out-channels-256", {"builder": variant(
+            src, "out_channels = cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "out_channels = 256")},
+            loses=["builder-wiring", "builder-shapes", "builder-values"]),
+        # P6 sized for P5 although USE_C5: P6 then reads P5, every shape is the same, the weights
+        # (2048 -> 1024 in the reference) are not.
+        Mistake("p6p7-in-channels-rule", {"builder": variant(
+            src, "in_channels_stage2 * 8 if cfg.MODEL.RETINANET.USE_C5 else out_channels",
+            "out_channels")}, loses=["builder-wiring", "builder-values"]),
+        # The Sequential without its out_channels attribute: the heads could not size themselves.
+        Mistake("no-out-channels-attribute", {"builder": variant(
+            src, "    model.out_channels = out_channels\n", "")}, loses=["builder-wiring"]),
+    ])
