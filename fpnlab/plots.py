@@ -138,8 +138,9 @@ def draw_pyramid(shapes: Mapping[str, Shape], image=None, fig: Optional[Figure] 
 
 
 def draw_shape_error(err: ShapeError, fig: Optional[Figure] = None, window: int = 6) -> Figure:
-    """The impossible top-down addition of ``err``: the bottom-right corner of the upsampled map
-    (red) drawn over the lateral map (blue), in cells, with the cells only one of them has filled."""
+    """The impossible top-down addition of ``err``: the bottom-right corner of the upsampled
+    map (red) drawn over the lateral map (blue), in cells; the cells only one of them has are
+    filled."""
     fig = fig or Figure(figsize=(6, 4.2))
     ax = fig.subplots()
     if err.left is None or err.right is None:
@@ -205,7 +206,8 @@ def draw_activation(activation, background=None, stride: int = 1, image_hw=None,
         if image_hw is not None:
             ax.add_patch(Rectangle((0, 0), image_hw[1], image_hw[0], fill=False,
                                    edgecolor="white", lw=1, ls="--"))
-    im = ax_map.imshow(act, extent=extent, cmap="magma", alpha=0.75 if background is not None else 1,
+    im = ax_map.imshow(act, extent=extent, cmap="magma",
+                       alpha=0.75 if background is not None else 1,
                        interpolation="nearest", vmin=lo, vmax=hi if hi > lo else lo + 1)
     fig.colorbar(im, ax=ax_map, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
     ax_img.set_title("input (padded)", fontsize=9)

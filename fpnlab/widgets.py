@@ -18,7 +18,7 @@ import copy
 import html
 import itertools
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .shapes import (INTERNALS, LEVELS, REFERENCE, SIZE_DIVISIBLE_CHOICES, STAGES, Config, Shape,
                      ShapeError, format_shape, pad_to, resized_size, stage_shapes, strides)
@@ -30,7 +30,7 @@ MAX_SIZE_RANGE = (32, 3200)
 OUT_CHANNELS_CHOICES = (256, 1024)
 P6_CHOICES = ("C5", "P5")
 
-OK_BG, BAD_BG, ERROR_BG, FIRST_BG = "#e8f5e9", "#ffe0e0", "#ffc7c7", "#ff8a80"
+BAD_BG, ERROR_BG, FIRST_BG = "#ffe0e0", "#ffc7c7", "#ff8a80"
 
 
 # ============================================================================ the model, on meta
@@ -43,8 +43,7 @@ def meta_copy(model):
     import torch
     from torch import nn
 
-    memo: Dict[int, object] = {}
-    keep = []
+    memo: Dict[int, object] = {}     # deepcopy takes what the memo holds instead of copying
     for t in itertools.chain(model.parameters(), model.buffers()):
         if id(t) in memo:
             continue
@@ -53,7 +52,6 @@ def meta_copy(model):
         else:
             new = torch.empty_like(t, device="meta")
         memo[id(t)] = new
-        keep.append(t)
     return copy.deepcopy(model, memo).eval()
 
 
@@ -140,7 +138,8 @@ def validate(height, width, min_size, max_size, size_divisible, out_channels, p6
     _check_int("min_size", min_size, *MIN_SIZE_RANGE, msgs)
     _check_int("max_size", max_size, *MAX_SIZE_RANGE, msgs)
     if size_divisible not in SIZE_DIVISIBLE_CHOICES:
-        msgs.append(f"size_divisible must be one of {SIZE_DIVISIBLE_CHOICES}, got {size_divisible!r}")
+        msgs.append(f"size_divisible must be one of {SIZE_DIVISIBLE_CHOICES}, "
+                    f"got {size_divisible!r}")
     if out_channels not in OUT_CHANNELS_CHOICES:
         msgs.append(f"out_channels must be one of {OUT_CHANNELS_CHOICES}, got {out_channels!r}")
     if p6_from not in P6_CHOICES:
@@ -160,7 +159,8 @@ def explore(height=438, width=512, min_size: int = REFERENCE.min_size,
     addition is impossible, the row of the failing level says why (``status == "error"``).
     """
     res = Exploration(height, width, None)
-    res.messages = validate(height, width, min_size, max_size, size_divisible, out_channels, p6_from)
+    res.messages = validate(height, width, min_size, max_size, size_divisible, out_channels,
+                            p6_from)
     if res.messages:
         return res
     try:
@@ -211,6 +211,9 @@ def _cell(value: Optional[Shape]) -> str:
     return "-" if value is None else format_shape(value)
 
 
+_COLUMNS = ("fpnlab-stage", "fpnlab-engine", "fpnlab-stride", "fpnlab-model", "fpnlab-mark")
+
+
 def explorer_html(res: Exploration) -> str:
     """The explorer's HTML: the messages, or the table of every stage (and the error)."""
     esc = html.escape
@@ -240,7 +243,7 @@ def explorer_html(res: Exploration) -> str:
             cells += [_cell(r.model), mark]
         tds = []
         for i, c in enumerate(cells):
-            cls = ("fpnlab-stage", "fpnlab-engine", "fpnlab-stride", "fpnlab-model", "fpnlab-mark")[i]
+            cls = _COLUMNS[i]
             text = c if cls == "fpnlab-mark" else esc(c)
             tds.append(f'<td class="{cls}" style="padding:1px 10px">{text}</td>')
         out.append(f'<tr data-stage="{esc(r.stage)}" data-status="{r.status}"{style}>'
@@ -418,7 +421,8 @@ def _input_tensor(image):
     elif type(image) is torch.Tensor:
         x = image if image.dim() == 4 else image[None]
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"feature_maps: expected a 1 x 3 x H x W tensor, got {tuple(image.shape)}")
+            raise ValueError("feature_maps: expected a 1 x 3 x H x W tensor, "
+                             f"got {tuple(image.shape)}")
         t = x[0].detach().float().cpu()
         t = (t - t.min()) / (t.max() - t.min()).clamp_min(1e-12)
         bg = t.permute(1, 2, 0).numpy()
@@ -514,9 +518,6 @@ def feature_maps(model, image):
 
 
 # ============================================================================ trace diff
-TraceLike = Union["Trace", Mapping[str, Sequence[int]]]  # noqa: F821
-
-
 @dataclass
 class DiffRow:
     stage: str
@@ -580,7 +581,8 @@ def trace_diff_html(learner, reference=None) -> str:
     """The two traces side by side as HTML, the first divergence highlighted and named."""
     esc = html.escape
     rows = trace_diff_rows(learner, reference)
-    out = ['<table class="fpnlab-trace-diff" style="border-collapse:collapse;font-family:monospace">',
+    out = ['<table class="fpnlab-trace-diff" '
+           'style="border-collapse:collapse;font-family:monospace">',
            "<tr>" + "".join(f'<th style="text-align:left;padding:2px 10px">{h}</th>'
                             for h in ("stage", "op", "yours", "reference", "")) + "</tr>"]
     for r in rows:
@@ -589,7 +591,8 @@ def trace_diff_html(learner, reference=None) -> str:
         if r.status in ("not traced", "extra"):
             style = ' style="color:#888"'
         mark = {"first": "&#9664; first divergence", "differs": "differs",
-                "not traced": "not in your trace", "extra": "not in the reference"}.get(r.status, "")
+                "not traced": "not in your trace",
+                "extra": "not in the reference"}.get(r.status, "")
         out.append(f'<tr data-stage="{esc(r.stage)}" data-status="{r.status}"{style}>'
                    + "".join(f'<td style="padding:1px 10px">{v}</td>' for v in
                              (esc(r.stage), esc(r.op), esc(_cell(r.learner)),

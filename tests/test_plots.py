@@ -104,10 +104,11 @@ def test_command_line_writes_the_picture(tmp_path, capsys):
 def test_readme_picture_is_up_to_date(tmp_path):
     """docs/pyramid.png is what `python -m fpnlab.plots docs/pyramid.png` makes today."""
     committed = ROOT / "docs" / "pyramid.png"
-    assert committed.exists(), "docs/pyramid.png is missing: python -m fpnlab.plots docs/pyramid.png"
+    regenerate = "python -m fpnlab.plots docs/pyramid.png"
+    assert committed.exists(), f"docs/pyramid.png is missing: {regenerate}"
     fresh = tmp_path / "pyramid.png"
     plots.readme_figure(str(fresh))
     a = np.asarray(Image.open(committed).convert("RGB"), dtype=float)
     b = np.asarray(Image.open(io.BytesIO(fresh.read_bytes())).convert("RGB"), dtype=float)
-    assert a.shape == b.shape, f"docs/pyramid.png is {a.shape}, a fresh one {b.shape}: regenerate it"
-    assert np.abs(a - b).mean() < 1.0, "docs/pyramid.png is stale: python -m fpnlab.plots docs/pyramid.png"
+    assert a.shape == b.shape, f"docs/pyramid.png is {a.shape}, a fresh one {b.shape}: {regenerate}"
+    assert np.abs(a - b).mean() < 1.0, f"docs/pyramid.png is stale: {regenerate}"
