@@ -116,6 +116,7 @@ class Exploration:
     shape_error: Optional[ShapeError] = None
     model_shapes: Optional[Dict[str, Shape]] = None
     model_error: Optional[str] = None
+    model_out_channels: Optional[int] = None     # the model's ``out_channels``, when it says
     rows: List[Row] = field(default_factory=list)
 
     @property
@@ -175,6 +176,8 @@ def explore(height=438, width=512, min_size: int = REFERENCE.min_size,
         if model is not None:
             rh, rw = resized_size(height, width, cfg.min_size, cfg.max_size)
             ph, pw = pad_to(rh, cfg.size_divisible), pad_to(rw, cfg.size_divisible)
+            oc = getattr(model.module, "out_channels", None)
+            res.model_out_channels = oc if isinstance(oc, int) else None
             try:
                 res.model_shapes = model.shapes(ph, pw, cfg.batch)
             except Exception as err:  # the learner's model may fail: show it, never raise
@@ -265,6 +268,10 @@ def explorer_html(res: Exploration) -> str:
     if res.model_error is not None:
         out.append(f'<div class="fpnlab-model-error" style="color:#b00020;margin-top:4px">'
                    f"<b>your model raised</b> {esc(res.model_error)}</div>")
+    oc = res.model_out_channels
+    if oc is not None and res.config is not None and oc != res.config.out_channels:
+        out.append(f'<div class="fpnlab-model-note" style="margin-top:4px">Your model was built '
+                   f"with out_channels={oc}; the controls say {res.config.out_channels}.</div>")
     if res.model_shapes is not None and any(r.status == "mismatch" for r in res.rows):
         out.append('<div style="margin-top:4px">Rows in red: your model and the shape engine '
                    "disagree (same controls, same padded input).</div>")
@@ -313,6 +320,11 @@ def shape_explorer(model=None, height: int = 438, width: int = 512, config: Conf
     widget and ``box.pyramid`` the Image widget.
     """
     w = _widgets()
+    for name, allowed in (("size_divisible", SIZE_DIVISIBLE_CHOICES),
+                          ("out_channels", OUT_CHANNELS_CHOICES), ("p6_from", P6_CHOICES)):
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"shape_explorer: config.{name} is {getattr(config, name)!r}; the "
+                             f"control offers {allowed}")
     meta = None
     model_problem = None
     if model is not None:

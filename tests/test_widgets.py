@@ -121,6 +121,15 @@ def test_explore_rejects_values_no_control_can_hold(kwargs, message):
     assert message.replace("'", "&#x27;") in widgets.explorer_html(res)
 
 
+def test_explorer_starts_from_a_config_and_refuses_one_its_controls_cannot_show():
+    cfg = REFERENCE.with_(out_channels=256, size_divisible=64, min_size=800)
+    box = widgets.shape_explorer(height=600, width=1500, config=cfg, show_pyramid=False)
+    assert engine_column(box.table.value) == expected_column(600, 1500, cfg)
+    with pytest.raises(ValueError,
+                       match=r"config.out_channels is 512; the control offers \(256, 1024\)"):
+        widgets.shape_explorer(config=REFERENCE.with_(out_channels=512))
+
+
 # ----------------------------------------------------------------------------- with a model
 def test_model_shapes_sit_next_to_the_engine(meta_backbone):
     res = widgets.explore(600, 1500, model=meta_backbone)
@@ -146,6 +155,9 @@ def test_model_built_for_other_channels_is_flagged(meta_backbone):
     flagged = {r.stage for r in res.rows if r.status == "mismatch"}
     assert flagged == set(LEVELS)           # the model has 1024 channels, the controls say 256
     assert all(r.status == "ok" for r in res.rows if r.stage in ("padded", "stem", "C2", "C5"))
+    assert "built with out_channels=1024; the controls say 256" in widgets.explorer_html(res)
+    same = widgets.explore(438, 512, model=meta_backbone)
+    assert "built with out_channels" not in widgets.explorer_html(same)
 
 
 def test_a_wrong_model_is_flagged_from_the_first_wrong_stage():
