@@ -201,3 +201,13 @@ def test_shape_explorer_in_jupyterlab(tmp_path):
                      if re.search(r"widget|fpnlab|ipywidgets|jupyter-widgets|comm", t, re.I)]
     assert not widget_errors, f"console errors from the widgets: {widget_errors}"
     assert not page_errors, f"uncaught errors in the page: {page_errors}"
+
+
+def test_missing_browser_skips_on_a_workstation_and_fails_in_ci(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: the browser test must run"):
+        _need(False, "Debian chromium is not installed")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="Debian chromium is not installed"):
+        _need(False, "Debian chromium is not installed")
+    _need(True, "present: nothing happens")
