@@ -102,15 +102,16 @@ def draw_pyramid(shapes: Mapping[str, Shape], image=None, fig: Optional[Figure] 
     cols = n if n <= 4 else 3
     rows = -(-n // cols)
     if fig is None:   # panels as wide as the figure allows, as high as the input's aspect needs
-        panel_w = 11.0 / cols
-        fig = Figure(figsize=(11, rows * (panel_w * (eh + 8) / (ew + 8) + 0.75) + 0.4))
+        fig_w = min(11.0, 3.7 * cols)
+        panel_w = fig_w / cols
+        fig = Figure(figsize=(fig_w, rows * (panel_w * (eh + 8) / (ew + 8) + 0.75) + 0.4))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     arr = _image_array(image, rh, rw)
 
     ax = axes[0]
     _panel(ax, (rh, rw), (ph, pw), (eh, ew), arr)
-    pad_note = "no padding" if (ph, pw) == (rh, rw) else f"padding {ph - rh} rows, {pw - rw} cols"
-    ax.set_title(f"padded input {ph}x{pw}\nimage resized to {rh}x{rw}; {pad_note}", fontsize=9)
+    pad_note = "no padding" if (ph, pw) == (rh, rw) else f"+{ph - rh} rows, +{pw - rw} cols"
+    ax.set_title(f"padded input {ph}x{pw}\nresized {rh}x{rw}; {pad_note}", fontsize=9)
 
     for ax, lv in zip(axes[1:], levels):
         h, w = _hw(shapes[lv])
@@ -130,9 +131,10 @@ def draw_pyramid(shapes: Mapping[str, Shape], image=None, fig: Optional[Figure] 
         ax.set_title(f"{lv}: {c} x {h} x {w}, stride {s}{over}", fontsize=9)
     for ax in axes[n:]:
         ax.set_visible(False)
-    fig.suptitle(title or f"ResNet-50-FPN {levels[0]}-{levels[-1]}: each cell of a level covers "
-                 "stride x stride input pixels (grey = zero padding, red = grid past the input)",
-                 fontsize=10)
+    if title is None and levels:
+        title = (f"ResNet-50-FPN {levels[0]}-{levels[-1]}: each cell of a level covers stride x "
+                 "stride input pixels (grey = zero padding, red = grid past the input)")
+    fig.suptitle(title or "the padded input (grey = zero padding)", fontsize=10)
     fig.tight_layout()
     return fig
 

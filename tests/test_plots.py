@@ -40,7 +40,8 @@ def test_pyramid_labels_every_level_with_the_engine_shapes(hw, cfg):
     assert len(t) == 1 + len(LEVELS)
     ph, pw = shapes["padded"][2:]
     rh, rw = shapes["resized"][1:]
-    assert t[0].startswith(f"padded input {ph}x{pw}\nimage resized to {rh}x{rw}")
+    note = "no padding" if (ph, pw) == (rh, rw) else f"+{ph - rh} rows, +{pw - rw} cols"
+    assert t[0] == f"padded input {ph}x{pw}\nresized {rh}x{rw}; {note}"
     for title, lv in zip(t[1:], LEVELS):
         c, h, w = shapes[lv][1:]
         assert title.startswith(f"{lv}: {c} x {h} x {w}, stride {st[lv]}")
@@ -64,6 +65,15 @@ def test_grid_past_the_input_is_marked():
     t = dict(zip(("padded",) + LEVELS, titles(fig)))
     assert "> input" in t["P6"] and "> input" in t["P7"]
     assert "> input" not in t["P3"] and "> input" not in t["P5"]
+
+
+def test_pyramid_of_chosen_levels_only():
+    shapes = stage_shapes(438, 512)
+    fpn = plots.draw_pyramid(shapes, levels=("P3", "P4", "P5"))
+    assert [t.split(":")[0] for t in titles(fpn)[1:]] == ["P3", "P4", "P5"]
+    assert fpn._suptitle.get_text().startswith("ResNet-50-FPN P3-P5")
+    alone = plots.draw_pyramid(shapes, levels=())
+    assert len(titles(alone)) == 1 and titles(alone)[0].startswith("padded input 480x576")
 
 
 def test_draw_pyramid_names_a_missing_stage():
