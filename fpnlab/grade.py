@@ -365,34 +365,56 @@ class Shard:
             os.chown(self.runtime, self.uid, self.uid)   # the kernel's uid makes its sockets here
         self.status_dir = self.path / "grading" / "status"
         self.status_dir.mkdir(parents=True)
+        self.chunks = 0
 
-    def env(self, status_file: Path) -> dict:
+    def env(self) -> dict:
         limits = sandbox.Limits(timeout=self.settings.timeout, memory=self.settings.memory,
                                 nproc=self.settings.nproc, sandbox=self.settings.sandbox,
                                 uid=self.uid)
         env = {"JUPYTER_PATH": str(self.jupyter), "JUPYTER_RUNTIME_DIR": str(self.runtime),
                "FPNLAB_GRADE_TIMEOUT": str(int(self.settings.timeout) + 5),
-               "FPNLAB_SANDBOX_STATUS": str(status_file), **limits.to_env()}
+               "FPNLAB_SANDBOX_STATUS": str(self.status_dir), **limits.to_env()}
         if self.settings.sandbox:
             env["FPNLAB_GRADE_IPC"] = str(self.runtime / "k")
             env["FPNLAB_SANDBOX_RUNTIME"] = str(self.runtime)
         return env
 
-    def grade(self, job: Job) -> Row:
-        name = notebook_name(self.path / "solutions", job.lesson)
-        for top in ("submitted", "autograded", "feedback"):
-            shutil.rmtree(self.path / top / job.student_id / job.lesson, ignore_errors=True)
-        folder = self.path / "submitted" / job.student_id / job.lesson
-        folder.mkdir(parents=True)
-        nbformat.write(job.notebook, str(folder / name))
-        status_file = self.status_dir / f"{job.student_id}--{job.lesson}.json"
-        status_file.unlink(missing_ok=True)
+    def grade(self, jobs: List[Job]) -> List[Row]:
+        """Autograde ``jobs`` (one lesson) with one nbgrader run; one Row per job."""
+        lesson = jobs[0].lesson
+        name = notebook_name(self.path / "solutions", lesson)
+        shutil.rmtree(self.path / "submitted", ignore_errors=True)   # only this chunk's notebooks
+        for job in jobs:
+            shutil.rmtree(self.path / "autograded" / job.student_id / lesson, ignore_errors=True)
+            folder = self.path / "submitted" / job.student_id / lesson
+            folder.mkdir(parents=True)
+            nbformat.write(job.notebook, str(folder / name))
+            self.status(job).unlink(missing_ok=True)
         for leftover in self.runtime.iterdir():
-            leftover.unlink(missing_ok=True) if leftover.is_file() else None
-        proc = run_nbgrader(["autograde", job.lesson, f"--student={job.student_id}", "--create",
-                             "--force"], self.path, env=self.env(status_file),
-                            timeout=self.settings.timeout + 180)
-        kernel = json.loads(status_file.read_text()) if status_file.exists() else {}
+            if leftover.is_file() or leftover.is_socket():
+                leftover.unlink(missing_ok=True)
+        self.chunks += 1
+        proc = run_nbgrader(["autograde", lesson, "--create", "--force"], self.path,
+                            env=self.env(), timeout=len(jobs) * (self.settings.timeout + 60) + 120)
+        log = self.path / "grading" / "logs" / f"{lesson}-{self.chunks}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"$ nbgrader autograde {lesson} (exit {proc.returncode})\n"
+                       f"{proc.stdout}\n{proc.stderr}")
+        keep = self.path / "grading" / "submitted"
+        for job in jobs:
+            dest = keep / job.student_id / lesson
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.path / "submitted" / job.student_id / lesson), str(dest))
+        return [self._row(job, name, proc, log) for job in jobs]
+
+    def status(self, job: Job) -> Path:
+        return Path(sandbox.status_file(str(self.status_dir),
+                                        str(Path("autograded") / job.student_id / job.lesson)))
+
+    def _row(self, job: Job, name: str, proc: subprocess.CompletedProcess, log: Path) -> Row:
+        status_path = self.status(job)
+        kernel = json.loads(status_path.read_text()) if status_path.exists() else {}
         row = Row(job.student_id, job.lesson, sha256=job.sha256, detail=job.detail)
         autograded = self.path / "autograded" / job.student_id / job.lesson / name
         if kernel.get("status") == "timeout":
@@ -401,9 +423,10 @@ class Shard:
         elif kernel.get("status") == "killed":
             row.status = "killed"
             row.detail = _join(row.detail, f"kernel killed by signal {kernel.get('signal')}")
-        elif proc.returncode != 0 or not autograded.exists():
+        elif not autograded.exists() or f"for student '{job.student_id}'" in proc.stdout + proc.stderr:
             row.status = "error"
-            row.detail = _join(row.detail, _nbgrader_error(proc))
+            row.detail = _join(row.detail, f"{_nbgrader_error(proc)} (log: grading/logs/"
+                                           f"shard{self.index}-{log.name})")
         if row.status == GRADED:
             row.score, row.max_score = self.score(job.lesson, job.student_id)
             tampered = _integrity_failures(autograded)
@@ -478,7 +501,8 @@ def merge(out: Path, shard: Shard, lesson: str, students: List[str]) -> None:
         _merge_db(out, shard, lesson, students, Gradebook, MissingEntry)
     for student in students:
         for top in ("submitted", "autograded", "feedback"):
-            src_dir = shard.path / top / student / lesson
+            src_dir = (shard.path / "grading" / top if top == "submitted" else shard.path / top) \
+                / student / lesson
             dst_dir = out / top / student / lesson
             if src_dir.exists():
                 if dst_dir.exists():
@@ -640,6 +664,21 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
     return decided + graded
 
 
+CHUNK = 4   # notebooks per nbgrader process: its start-up (~3 s) is paid once per chunk
+
+
+def _chunks(jobs: List[Job], size: int):
+    """Consecutive runs of at most ``size`` jobs of one lesson."""
+    chunk: List[Job] = []
+    for job in jobs:
+        if chunk and (len(chunk) == size or chunk[-1].lesson != job.lesson):
+            yield chunk
+            chunk = []
+        chunk.append(job)
+    if chunk:
+        yield chunk
+
+
 def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
                 progress: Optional[bool], hashes: Dict[str, str], now: str) -> List[Row]:
     if not todo:
@@ -648,7 +687,7 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
     # Round-robin over students (sorted), so each shard gets a fair mix.
     shards = [Shard(out, i, settings) for i in range(workers)]
     plan: List[List[Job]] = [[] for _ in shards]
-    for i, job in enumerate(sorted(todo, key=lambda j: (j.student_id, j.lesson))):
+    for i, job in enumerate(sorted(todo, key=lambda j: (j.lesson, j.student_id))):
         plan[i % workers].append(job)
     if progress is None:
         progress = sys.stderr.isatty()
@@ -662,18 +701,19 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
     def work(i: int) -> None:
         shard = shards[i]
         try:
-            for job in plan[i]:
+            for chunk in _chunks(plan[i], CHUNK):
                 try:
-                    row = shard.grade(job)
-                except Exception as e:  # noqa: BLE001 (one submission never stops the batch)
-                    row = Row(job.student_id, job.lesson, 0.0, 0.0, "error",
-                              f"{type(e).__name__}: {e}"[:300], job.sha256)
-                row.source_sha256, row.graded_at = hashes[job.lesson], now
-                results[i].append(row)
+                    rows = shard.grade(chunk)
+                except Exception as e:  # noqa: BLE001 (one chunk never stops the batch)
+                    rows = [Row(j.student_id, j.lesson, 0.0, 0.0, "error",
+                                f"{type(e).__name__}: {e}"[:300], j.sha256) for j in chunk]
+                for row in rows:
+                    row.source_sha256, row.graded_at = hashes[row.lesson], now
+                results[i].extend(rows)
                 if bar is not None:
                     with lock:
-                        bar.set_postfix_str(f"{job.student_id}: {row.status}", refresh=False)
-                        bar.update(1)
+                        bar.set_postfix_str(f"{rows[-1].student_id}: {rows[-1].status}", refresh=False)
+                        bar.update(len(rows))
             for lesson in sorted({j.lesson for j in plan[i]}):
                 ok = [r.student_id for r in results[i] if r.lesson == lesson and r.status == GRADED]
                 err = shard.feedback(lesson, ok)
@@ -701,6 +741,10 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
                 write_status_feedback(out, row, notebook_name(out / "solutions", row.lesson))
             rows.append(row)
         record_zero(out, [r for r in results[i] if r.status != GRADED])
+        logs = out / "grading" / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for log in sorted((shard.path / "grading" / "logs").glob("*.log")):
+            shutil.copy2(log, logs / f"shard{i}-{log.name}")
     return rows
 
 

@@ -16,7 +16,8 @@
    file size, CPU time, open files, no core files) and execs the kernel, so the process limit
    counts only the sandbox's own processes;
 4. kills the whole sandbox after a wall-clock limit and writes what happened (``ok``, ``timeout``,
-   ``killed`` with the signal) to the file named by ``FPNLAB_SANDBOX_STATUS``.
+   ``killed`` with the signal) to ``FPNLAB_SANDBOX_STATUS``/``<student>--<lesson>.json`` (nbgrader
+   starts each kernel in ``autograded/<student>/<lesson>``).
 
 Settings come from ``FPNLAB_SANDBOX_*`` environment variables, set by the grader in nbgrader's
 environment; none of them reaches the learner's code (the sandbox starts from an empty
@@ -368,10 +369,35 @@ def _fpnlab_changed(names: List[str]) -> List[str]:
     return changed
 
 
+def _rebound_globals(user: dict) -> List[str]:
+    """Names in the notebook's namespace that should be fpnlab's checks or torch but are not:
+    ``check_close = lambda *a, **k: None`` after ``from fpnlab.checks import check_close``."""
+    import types
+
+    found = []
+    checks = sys.modules.get("fpnlab.checks")
+    if checks is not None:
+        public = [n for n in vars(checks) if n.startswith("check_") or n in ("CheckError", "no_calls_to")]
+        for name in public:
+            if name in user and user[name] is not getattr(checks, name):
+                found.append(f"{name} (not fpnlab.checks.{name})")
+    for name, value in list(user.items()):
+        real = sys.modules.get(getattr(value, "__name__", "") or "")
+        if name in ("torch", "fpnlab") or isinstance(value, types.ModuleType):
+            wanted = {"torch": "torch", "fpnlab": "fpnlab", "F": "torch.nn.functional",
+                      "nn": "torch.nn"}.get(name)
+            if wanted and wanted in sys.modules and value is not sys.modules[wanted]:
+                found.append(f"{name} (not the module {wanted})")
+            elif isinstance(value, types.ModuleType) and real is not None and real is not value:
+                found.append(f"{name} (a copy of the module {value.__name__})")
+    return found
+
+
 def verify() -> None:
     """Raise :class:`IntegrityError` when the notebook monkeypatched what the tests use."""
+    caller = sys._getframe(1).f_globals
     try:
-        found = tampering()
+        found = tampering() + _rebound_globals(caller)
     except Exception as e:  # noqa: BLE001 (patched builtins break the check itself)
         raise IntegrityError(f"integrity: the check of fpnlab, torch and Python could not run "
                              f"({type(e).__name__}: {e}): has the notebook replaced builtins? "
@@ -407,7 +433,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     limits = Limits.from_env()
     extra = [a for a in extra if a.startswith("--") and "=" in a] or ["--HistoryManager.hist_file=:memory:"]
     kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", args.connection_file, *extra]
-    return launch(kernel, args.connection_file, limits, os.environ.get(ENV_PREFIX + "STATUS"))
+    return launch(kernel, args.connection_file, limits, status_file(os.environ.get(ENV_PREFIX + "STATUS")))
+
+
+def status_file(folder: Optional[str], cwd: Optional[str] = None) -> Optional[str]:
+    """Where the launcher reports: one file per notebook, named after nbgrader's working folder
+    ``autograded/<student>/<lesson>`` of the kernel."""
+    if not folder:
+        return None
+    here = Path(cwd or os.getcwd())
+    return os.path.join(folder, f"{here.parent.name}--{here.name}.json")
 
 
 if __name__ == "__main__":
