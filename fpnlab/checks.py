@@ -13,6 +13,7 @@ functions they call.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -206,6 +207,18 @@ def check_close(actual, expected: torch.Tensor, stage: str, *, rtol: float = 1e-
             f"agreement within rtol={rtol:g}, atol={atol:g}",
             f"{n_bad} of {a.numel()} elements off, largest |difference| {float(err.max()):.4g} "
             f"at index {where}", cause)
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """Inside the block, CUDA convolutions and matmuls run in full fp32 (TF32 off), so a value
+    check compares fp32 with fp32 on a GPU too; the previous settings come back afterwards."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def check_conv(module, name: str, in_channels: int, out_channels: int, kernel_size: int,
