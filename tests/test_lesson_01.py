@@ -4,8 +4,6 @@ import pytest
 
 from conftest import Mistake, grade_both_ways
 
-pytestmark = pytest.mark.slow
-
 ROUNDING = '''
 def resized_size(height, width, min_size=480, max_size=1333):
     short, long = float(min(height, width)), float(max(height, width))
@@ -54,6 +52,7 @@ def topdown_fits(n):
 '''
 
 
+@pytest.mark.slow
 def test_lesson_01_grades_both_ways(course):
     grade_both_ways(course, "01-preprocessing", [
         Mistake("rounding", {"resized-size": ROUNDING}, loses=["resize-sizes"]),
@@ -62,3 +61,14 @@ def test_lesson_01_grades_both_ways(course):
         Mistake("centered", {"to-image-list": CENTERED}, loses=["pad-values"]),
         Mistake("one-condition", {"topdown-fits": ONE_CONDITION}, loses=["fits"]),
     ])
+
+
+def test_check_size_accepts_ints_and_names_the_truncation():
+    from fpnlab.checks import CheckError, check_size
+
+    check_size((480, 561), "resized", (480, 561))
+    with pytest.raises(CheckError, match="truncated"):
+        check_size((480, 562), "resized", (480, 561))
+    for fake in ((480.0, 561.0), [480], "480x561", None):
+        with pytest.raises(CheckError, match="Python ints"):
+            check_size(fake, "resized", (480, 561))

@@ -4,8 +4,6 @@ import pytest
 
 from conftest import Mistake, grade_both_ways
 
-pytestmark = pytest.mark.slow
-
 CEIL_MODE = '''
 import math
 def conv_out(n, k, s=1, p=0):
@@ -52,6 +50,7 @@ POOL_NO_PADDING = NO_RELU.replace("self.bn1(self.conv1(x))", "F.relu(self.bn1(se
                          .replace("padding=1)", "padding=0)")
 
 
+@pytest.mark.slow
 def test_lesson_02_grades_both_ways(course):
     grade_both_ways(course, "02-stem", [
         Mistake("ceil-mode", {"conv-out": CEIL_MODE}, loses=["conv-trace", "conv-sweep"]),
@@ -61,3 +60,19 @@ def test_lesson_02_grades_both_ways(course):
         Mistake("no-relu", {"stem": NO_RELU}, loses=["stem-values"]),
         Mistake("pool-no-padding", {"stem": POOL_NO_PADDING}, loses=["stem-shape", "stem-values"]),
     ])
+
+
+def test_exact_fp32_switches_tf32_off_and_restores_it():
+    import torch
+
+    from fpnlab.checks import exact_fp32
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with exact_fp32():
+            assert torch.backends.cudnn.allow_tf32 is False
+            assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

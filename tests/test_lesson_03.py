@@ -4,8 +4,6 @@ import pytest
 
 from conftest import Mistake, grade_both_ways
 
-pytestmark = pytest.mark.slow
-
 STRIDE_ALWAYS_IN_3X3 = '''
 class Bottleneck(nn.Module):
     def __init__(self, in_channels, bottleneck_channels, out_channels, stride=1,
@@ -81,6 +79,7 @@ class ResNet(nn.Module):
 '''
 
 
+@pytest.mark.slow
 def test_lesson_03_grades_both_ways(course):
     grade_both_ways(course, "03-body", [
         Mistake("stride-in-3x3", {"bottleneck": STRIDE_ALWAYS_IN_3X3},

@@ -4,8 +4,6 @@ import pytest
 
 from conftest import Mistake, grade_both_ways
 
-pytestmark = pytest.mark.slow
-
 DEFAULT_INIT = '''
 import torch
 import torch.nn.functional as F
@@ -49,6 +47,7 @@ def fpn(upsample='F.interpolate(last_inner, scale_factor=2, mode="nearest")', to
     return FPN_TEMPLATE.replace("UPSAMPLE", upsample).replace("TOP_BLOCKS", str(top_blocks))
 
 
+@pytest.mark.slow
 def test_lesson_04_grades_both_ways(course):
     grade_both_ways(course, "04-fpn", [
         Mistake("default-init", {"conv-block": DEFAULT_INIT}, loses=["conv-block-init"]),
