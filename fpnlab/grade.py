@@ -619,7 +619,10 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
         raise UsageError(f"unknown lesson {lesson!r}; the course has: {', '.join(available) or 'none'}")
     if not submissions.exists():
         raise UsageError(f"submissions {submissions} do not exist")
-    if out == source or source in out.parents or out in submissions.parents or out == submissions:
+    def nested(a: Path, b: Path) -> bool:
+        return a == b or a in b.parents or b in a.parents
+
+    if nested(out, source) or nested(out, submissions):
         raise UsageError(f"--out {out} must be a folder of its own, apart from the course and "
                          "the submissions")
     if settings.sandbox and not sandbox.bwrap_available():

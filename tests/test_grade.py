@@ -1,0 +1,319 @@
+"""`fpnlab grade`: collecting submissions, the sandbox launcher, grading a class (toy course and
+lesson 01), workers, re-runs, feedback, the gradebook, and the command line."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from fpnlab import cli, sandbox
+from fpnlab import grade as G
+from grading import toy
+
+ROOT = Path(__file__).resolve().parent.parent
+HAS_BWRAP = sandbox.bwrap_available() is not None
+needs_bwrap = pytest.mark.skipif(not HAS_BWRAP, reason="needs bubblewrap")
+
+
+# ----------------------------------------------------------------------------- fast: collecting
+
+@pytest.fixture
+def course(tmp_path) -> Path:
+    return toy.make_course(tmp_path / "course")
+
+
+def test_zip_flat_lms_names_and_folders_unpack_by_student(tmp_path):
+    z = tmp_path / "class.zip"
+    nb = json.dumps(toy.release_notebook())
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("s101_attempt_2026-11-25_00-toy.ipynb", nb)      # LMS flat name
+        zf.writestr("s102/00-toy/00-toy.ipynb", nb)                   # nbgrader layout
+        zf.writestr("../escape.ipynb", nb)                            # path traversal: skipped
+        zf.writestr("/abs/evil.ipynb", nb)                            # absolute: skipped
+        zf.writestr("__MACOSX/s101/._x.ipynb", "junk")                # archive debris: skipped
+    inbox = G.unpack_zip(z, tmp_path / "inbox")
+    files = sorted(str(p.relative_to(inbox)) for p in inbox.rglob("*") if p.is_file())
+    assert files == ["s101/attempt_2026-11-25_00-toy.ipynb", "s102/00-toy/00-toy.ipynb"]
+    assert not (tmp_path / "escape.ipynb").exists()
+
+
+def test_not_a_zip_is_a_usage_error(tmp_path):
+    bad = tmp_path / "class.zip"
+    bad.write_text("not a zip")
+    with pytest.raises(G.UsageError, match="not a readable zip"):
+        G.unpack_zip(bad, tmp_path / "inbox")
+
+
+def test_collect_finds_each_layout_and_says_what_is_missing(tmp_path, course):
+    subs = tmp_path / "subs"
+    toy.write_submission(subs, "nested", toy.release_notebook())
+    (subs / "flat").mkdir(parents=True)
+    (subs / "flat" / "00-toy.ipynb").write_text(json.dumps(toy.release_notebook()))
+    (subs / "lms").mkdir()
+    (subs / "lms" / "attempt_1_00-toy.ipynb").write_text(json.dumps(toy.release_notebook()))
+    (subs / "empty").mkdir()
+    (subs / "bad id!").mkdir()
+    jobs = {j.student_id: j for j in G.collect(subs, [toy.LESSON], course, 1 << 20)}
+    assert jobs["nested"].status is None and jobs["nested"].detail == ""
+    assert jobs["flat"].status is None and jobs["flat"].path.name == "00-toy.ipynb"
+    assert jobs["lms"].status is None and "attempt_1_00-toy.ipynb" in jobs["lms"].detail
+    assert jobs["empty"].status == "missing-notebook" and "empty" in jobs["empty"].detail
+    assert jobs["bad id!"].status == "invalid-notebook" and "student id" in jobs["bad id!"].detail
+    assert jobs["nested"].notebook is not None and len(jobs["nested"].sha256) == 64
+
+
+def test_too_large_and_not_json_are_refused_before_nbgrader(tmp_path, course):
+    subs = tmp_path / "subs"
+    toy.write_submission(subs, "big", b" " * 2048 + json.dumps(toy.release_notebook()).encode())
+    toy.write_submission(subs, "text", "print('hello')")
+    jobs = {j.student_id: j for j in G.collect(subs, [toy.LESSON], course, 2048)}
+    assert jobs["big"].status == "too-large"
+    assert jobs["text"].status == "invalid-notebook" and "JSON" in jobs["text"].detail
+
+
+def test_clean_notebook_drops_outputs_and_keeps_one_of_each_grade_id():
+    nb = toy.with_answer(toy.SOLUTION)
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="x" * 1000)]
+    dup = nbformat.from_dict(json.loads(json.dumps(nb.cells[3])))
+    nb.cells.append(dup)
+    clean, notes = G.clean_notebook(json.loads(json.dumps(nb)))
+    ids = [c.metadata.get("nbgrader", {}).get("grade_id") for c in clean.cells]
+    assert ids.count("pad-to-shapes") == 1 and len(clean.cells) == len(nb.cells)
+    assert notes == ["duplicated cell 'pad-to-shapes' graded once"]
+    assert all(not c.get("outputs") for c in clean.cells if c.cell_type == "code")
+
+
+def test_strip_hidden_removes_hidden_tests_and_the_integrity_line():
+    src = sandbox.INTEGRITY_LINE + "\n" + toy.VALUE_TESTS
+    shown = G.strip_hidden(src)
+    assert "check_close(y[:, :5, :7], x" in shown           # the visible test stays
+    assert "HIDDEN" not in shown and "9, 3" not in shown and "integrity" not in shown
+    assert "(hidden tests: not shown)" in shown
+    assert "7, 8" not in G.strip_hidden("a = 1\n### BEGIN HIDDEN TESTS\nb = (7, 8)\n")
+
+
+def test_grades_csv_round_trip(tmp_path):
+    rows = [G.Row("b", "00-toy", 2.5, 3, "graded", "note, with comma", "ab", "cd", "t"),
+            G.Row("a", "00-toy", 0, 3, "timeout", "stopped after 30 s")]
+    G.write_grades(tmp_path / "grades.csv", rows)
+    back = G.read_grades(tmp_path / "grades.csv")
+    assert back[("b", "00-toy")] == rows[0] and back[("a", "00-toy")].status == "timeout"
+    header = (tmp_path / "grades.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["student_id", "lesson", "score", "max_score", "status"]
+
+
+def test_integrity_check_catches_rebinding_and_accepts_clean_code():
+    import torch
+
+    import fpnlab.checks
+    user = {"torch": torch, "check_shape": fpnlab.checks.check_shape, "pad_to": lambda x: x}
+    assert sandbox.tampering() == [] and sandbox._rebound_globals(user) == []
+    user["check_shape"] = lambda *a, **k: None
+    assert sandbox._rebound_globals(user) == ["check_shape (not fpnlab.checks.check_shape)"]
+    saved = fpnlab.checks.check_close
+    try:
+        exec("import fpnlab.checks\nfpnlab.checks.check_close = lambda *a, **k: None", {})
+        assert "fpnlab.checks.check_close" in sandbox.tampering()
+        fpnlab.checks.check_close = fpnlab.checks.check_type       # a real fpnlab function
+        assert "fpnlab.checks.check_close" in sandbox.tampering()
+    finally:
+        fpnlab.checks.check_close = saved
+    assert sandbox.tampering() == []
+
+
+def test_sandbox_refuses_a_connection_file_outside_its_runtime_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("FPNLAB_SANDBOX_RUNTIME", str(tmp_path / "runtime"))
+    status = tmp_path / "status.json"
+    code = sandbox.launch(["/bin/true"], "/tmp/kernel-x.json", sandbox.Limits(), str(status))
+    assert code == 2 and json.loads(status.read_text())["status"] == "error"
+
+
+@needs_bwrap
+def test_sandbox_limits_hold_for_a_plain_command(tmp_path, monkeypatch):
+    """Inside: the rlimits are set, the grader's files are invisible, the runtime folder is
+    writable; the launcher's wall-clock limit kills the sandbox."""
+    import tempfile
+
+    runtime = Path(tempfile.mkdtemp(prefix="fpnlab-rt-"))
+    try:
+        if os.geteuid() == 0:
+            os.chown(runtime, sandbox.DEFAULT_UID, sandbox.DEFAULT_UID)
+        monkeypatch.setenv("FPNLAB_SANDBOX_RUNTIME", str(runtime))
+        conn, probe, secret = runtime / "k.json", runtime / "probe.txt", tmp_path / "secret.txt"
+        conn.write_text("{}")
+        secret.write_text("the answers")
+        code = (f"import resource, os; open({str(probe)!r}, 'w').write('%d %d %s' % ("
+                "resource.getrlimit(resource.RLIMIT_NPROC)[0], "
+                f"resource.getrlimit(resource.RLIMIT_AS)[0], os.path.exists({str(secret)!r})))")
+        status = tmp_path / "status.json"
+        rc = sandbox.launch([sys.executable, "-c", code], str(conn),
+                            sandbox.Limits(timeout=60, nproc=40, memory=3 << 30), str(status))
+        assert rc == 0 and json.loads(status.read_text())["status"] == "ok"
+        assert probe.read_text() == f"40 {3 << 30} False"
+        sandbox.launch([sys.executable, "-c", "import time; time.sleep(60)"], str(conn),
+                       sandbox.Limits(timeout=2), str(status))
+        assert json.loads(status.read_text())["status"] == "timeout"
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- fast: command line
+
+def test_cli_unknown_lesson_is_a_usage_error(tmp_path, course, capsys):
+    (tmp_path / "subs").mkdir()
+    code = cli.main(["grade", "99-nope", str(tmp_path / "subs"), "--out", str(tmp_path / "out"),
+                     "--source", str(course), "--unsafe-no-sandbox"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE
+    assert "unknown lesson '99-nope'" in err and "00-toy" in err
+
+
+def test_cli_missing_submissions_and_bad_workers(tmp_path, course, capsys):
+    code = cli.main(["grade", toy.LESSON, str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
+                     "--source", str(course), "--unsafe-no-sandbox"])
+    assert code == cli.EXIT_USAGE and "do not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["grade", toy.LESSON, str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0"])
+    assert e.value.code == 2
+
+
+def test_cli_refuses_to_grade_without_bubblewrap(tmp_path, course, capsys, monkeypatch):
+    monkeypatch.setattr(sandbox, "bwrap_available", lambda: None)
+    (tmp_path / "subs").mkdir()
+    code = cli.main(["grade", toy.LESSON, str(tmp_path / "subs"), "--out", str(tmp_path / "out"),
+                     "--source", str(course)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE and "bubblewrap" in err and "--unsafe-no-sandbox" in err
+    assert not (tmp_path / "out" / "grades.csv").exists()
+
+
+def test_out_inside_the_submissions_is_refused(tmp_path, course):
+    (tmp_path / "subs").mkdir()
+    with pytest.raises(G.UsageError, match="folder of its own"):
+        G.grade(toy.LESSON, tmp_path / "subs", tmp_path / "subs" / "out", source=course,
+                settings=G.Settings(sandbox=False))
+
+
+# ----------------------------------------------------------------------------- slow: a class
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """A class of five graded from a zip with 2 workers, then graded again after changes."""
+    if not HAS_BWRAP:
+        pytest.skip("needs bubblewrap")
+    base = tmp_path_factory.mktemp("class")
+    source = toy.make_course(base / "course")
+    z = base / "class.zip"
+    students = {"alice": toy.with_answer(toy.SOLUTION), "bob": toy.release_notebook(),
+                "carol": toy.with_answer(toy.ALTERNATIVE), "dave": toy.with_answer(toy.WRONG_VALUES),
+                "erin": toy.with_answer(toy.SOLUTION)}
+    with zipfile.ZipFile(z, "w") as zf:
+        for sid, nb in students.items():
+            zf.writestr(f"{sid}_12345_{toy.NOTEBOOK}", json.dumps(nb))
+    out = base / "out"
+    first = G.grade(toy.LESSON, z, out, workers=2, source=source, progress=False,
+                    settings=G.Settings(timeout=60))
+    csv1 = (out / "grades.csv").read_text()
+    # Second run: bob fixed his notebook, erin is not in this download, frank is new.
+    sub2 = base / "second"
+    toy.class_of(sub2, {"alice": students["alice"], "bob": toy.with_answer(toy.SOLUTION),
+                        "carol": students["carol"], "dave": students["dave"],
+                        "frank": toy.with_answer(toy.WRONG_VALUES)})
+    second = G.grade(toy.LESSON, sub2, out, workers=1, source=source, progress=False,
+                     settings=G.Settings(timeout=60))
+    return {"out": out, "first": {r.student_id: r for r in first}, "csv1": csv1,
+            "second": {r.student_id: r for r in second}, "source": source}
+
+
+@pytest.mark.slow
+def test_class_grades_both_ways(graded):
+    rows = graded["first"]
+    assert {s: (r.status, r.score, r.max_score) for s, r in rows.items()} == {
+        "alice": ("graded", 3.0, 3.0), "bob": ("graded", 0.0, 3.0), "carol": ("graded", 3.0, 3.0),
+        "dave": ("graded", 2.0, 3.0), "erin": ("graded", 3.0, 3.0)}
+    rec = list(csv.DictReader(io.StringIO(graded["csv1"])))
+    assert [(r["student_id"], r["score"]) for r in rec] == [
+        ("alice", "3"), ("bob", "0"), ("carol", "3"), ("dave", "2"), ("erin", "3")]
+
+
+@pytest.mark.slow
+def test_rerun_regrades_only_what_changed_and_loses_no_grade(graded):
+    assert set(graded["second"]) == {"bob", "frank"}             # alice, carol, dave unchanged
+    assert graded["second"]["bob"].score == 3.0 and graded["second"]["frank"].score == 2.0
+    now = G.read_grades(graded["out"] / "grades.csv")
+    assert {s: r.score for (s, _), r in now.items()} == {
+        "alice": 3.0, "bob": 3.0, "carol": 3.0, "dave": 2.0, "erin": 3.0, "frank": 2.0}
+
+
+@pytest.mark.slow
+def test_gradebook_merged_from_shards_exports_every_student(graded):
+    out = graded["out"]
+    proc = G.run_nbgrader(["export", "--to", str(out / "export.csv")], out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = {r["student_id"]: float(r["score"]) for r in csv.DictReader(open(out / "export.csv"))}
+    assert scores == {"alice": 3.0, "bob": 3.0, "carol": 3.0, "dave": 2.0, "erin": 3.0, "frank": 2.0}
+
+
+@pytest.mark.slow
+def test_feedback_shows_failures_but_no_hidden_tests(graded):
+    fb = graded["out"] / "feedback"
+    assert sorted(p.parts[-3] for p in fb.rglob("*.html")) == \
+        ["alice", "bob", "carol", "dave", "erin", "frank"]
+    dave = (fb / "dave" / toy.LESSON / "00-toy.html").read_text()
+    assert "values differ from the oracle" in dave                     # the failed test's message
+    assert "(hidden tests: not shown)" in dave
+    for path in fb.rglob("*.html"):
+        text = path.read_text()
+        assert "BEGIN HIDDEN" not in text and "50, 70" not in text and "2, 9, 3" not in text
+        assert "integrity check" not in text
+    # The instructor's autograded copy keeps the hidden tests (nbgrader #1363): feedback is
+    # the only thing handed back.
+    auto = (graded["out"] / "autograded" / "dave" / toy.LESSON / toy.NOTEBOOK).read_text()
+    assert "BEGIN HIDDEN TESTS" in auto
+
+
+@pytest.mark.slow
+def test_cli_unsafe_mode_grades_and_warns(tmp_path, course):
+    subs = toy.class_of(tmp_path / "subs", {"ann": toy.with_answer(toy.SOLUTION)})
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-m", "fpnlab.cli", "grade", toy.LESSON, str(subs),
+                           "--out", str(tmp_path / "out"), "--source", str(course),
+                           "--unsafe-no-sandbox", "--timeout", "60"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "WARNING" in proc.stderr and "unsafe" in proc.stderr
+    rows = G.read_grades(tmp_path / "out" / "grades.csv")
+    assert (rows[("ann", toy.LESSON)].status, rows[("ann", toy.LESSON)].score) == ("graded", 3.0)
+
+
+# ----------------------------------------------------------------------------- slow: lesson 01
+
+LESSON01 = "01-preprocessing"
+
+
+@pytest.mark.slow
+@needs_bwrap
+@pytest.mark.skipif(not (ROOT / "solutions" / LESSON01).is_dir(), reason="lesson 01 not written yet")
+def test_real_lesson_01_solution_full_marks_blank_zero(tmp_path):
+    source_nb = next((ROOT / "solutions" / LESSON01).glob("*.ipynb"))
+    release = ROOT / "lessons" / LESSON01 / source_nb.name
+    if not release.exists():
+        pytest.skip("lessons/01-preprocessing not released yet")
+    subs = tmp_path / "subs"
+    for sid, path in (("solution", source_nb), ("blank", release)):
+        (subs / sid / LESSON01).mkdir(parents=True)
+        shutil.copy(path, subs / sid / LESSON01 / source_nb.name)
+    rows = {r.student_id: r for r in G.grade(LESSON01, subs, tmp_path / "out", workers=1,
+                                             progress=False, settings=G.Settings(timeout=300))}
+    sol, blank = rows["solution"], rows["blank"]
+    assert sol.status == "graded" and sol.max_score > 0 and sol.score == sol.max_score, sol
+    assert blank.status == "graded" and blank.score == 0 and blank.max_score == sol.max_score, blank
