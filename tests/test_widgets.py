@@ -173,6 +173,60 @@ def test_a_wrong_model_is_flagged_from_the_first_wrong_stage():
     assert "&#10007; differs" in widgets.explorer_html(res)
 
 
+class _ToyBody(nn.Module):
+    """maskrcnn-benchmark's module names and strides, 1x1 convs only (shapes, not a ResNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3), nn.MaxPool2d(3, 2, 1))
+        chans = (64, 256, 512, 1024, 2048)
+        for i in range(4):
+            setattr(self, f"layer{i + 1}", nn.Conv2d(chans[i], chans[i + 1], 1, 1 if i == 0 else 2))
+
+    def forward(self, x):
+        out, x = [], self.stem(x)
+        for i in range(4):
+            x = getattr(self, f"layer{i + 1}")(x)
+            out.append(x)
+        return out
+
+
+class _ToyFPN(nn.Module):
+    """Doubles the top-down map with scale_factor=2, as maskrcnn-benchmark does: odd sizes fail."""
+
+    def __init__(self, out=256):
+        super().__init__()
+        self.inner = nn.ModuleList(nn.Conv2d(c, out, 1) for c in (512, 1024, 2048))
+        self.p6, self.p7 = nn.Conv2d(2048, out, 3, 2, 1), nn.Conv2d(out, out, 3, 2, 1)
+
+    def forward(self, feats):
+        c3, c4, c5 = feats[1:]
+        p5 = self.inner[2](c5)
+        p4 = self.inner[1](c4) + nn.functional.interpolate(p5, scale_factor=2.0, mode="nearest")
+        p3 = self.inner[0](c3) + nn.functional.interpolate(p4, scale_factor=2.0, mode="nearest")
+        p6 = self.p6(c5)
+        return p3, p4, p5, p6, self.p7(nn.functional.relu(p6))
+
+
+def _toy_model():
+    from collections import OrderedDict
+
+    return nn.Sequential(OrderedDict(body=_ToyBody(), fpn=_ToyFPN()))
+
+
+def test_a_maskrcnn_style_model_fails_where_the_engine_says():
+    toy = widgets.MetaModel(_toy_model)
+    fine = widgets.explore(438, 512, out_channels=256, model=toy)
+    assert fine.model_error is None
+    assert all(r.status == "ok" for r in fine.rows if r.stage not in ("image", "resized"))
+    broken = widgets.explore(438, 512, size_divisible=0, out_channels=256, model=toy)
+    assert broken.shape_error.level == "P3"
+    assert broken.model_error.startswith("RuntimeError: ")      # the model's own message
+    assert "72" in broken.model_error and "71" in broken.model_error   # P3 widths
+    text = widgets.explorer_html(broken)
+    assert "your model raised" in text and "anyway" not in text
+
+
 def test_a_model_that_fails_shows_its_error_and_never_raises():
     res = widgets.explore(438, 512, model=widgets.MetaModel(nn.Linear(3, 3)))
     assert res.model_error.startswith("ValueError: cannot tell where the stages are")
