@@ -74,8 +74,7 @@ def _idle(page, timeout_ms: int = 90_000) -> None:
 
 
 def _pyramid_src(page) -> str:
-    return page.locator(".fpnlab-explorer img.fpnlab-pyramid, .fpnlab-explorer .fpnlab-pyramid img,"
-                        " .fpnlab-explorer img").first.get_attribute("src") or ""
+    return page.locator(".fpnlab-explorer img.fpnlab-pyramid").first.get_attribute("src") or ""
 
 
 def _wait_text(page, stage: str, column: str, expected: str, timeout: float = 60.0) -> str:
@@ -112,10 +111,10 @@ def test_shape_explorer_in_jupyterlab(tmp_path):
             sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, headless=True,
                                      args=lab.CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("console", lambda m: console.append((m.type, m.text)))
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: console.append((m.type, m.text)))
-            page.on("pageerror", lambda e: page_errors.append(str(e)))
             page.goto(server.url(NOTEBOOK.name), wait_until="domcontentloaded", timeout=60_000)
             # the app (exposed with --LabApp.expose_app_in_browser) with the notebook open and
             # its kernel idle: then run every cell
@@ -131,7 +130,8 @@ def test_shape_explorer_in_jupyterlab(tmp_path):
             h0, w0 = 438, 512   # the notebook's sample photo: the trace's input
             assert _wait_text(page, "P7", "engine", _p7(h0, w0)) == _p7(h0, w0)
             assert _cell_text(page, "P7", "model") == _p7(h0, w0)
-            page.locator(".fpnlab-explorer img").first.wait_for(state="visible", timeout=30_000)
+            page.locator(".fpnlab-explorer img.fpnlab-pyramid").first.wait_for(
+                state="visible", timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "1-explorer.png"))
             picture = _pyramid_src(page)
 
@@ -190,6 +190,9 @@ def test_shape_explorer_in_jupyterlab(tmp_path):
             toasts = page.locator(".Toastify__toast").all_inner_texts()
             assert not [t for t in toasts if re.search(r"news|update", t, re.I)], \
                 f"a news/update toast is shown: {toasts}"
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure.png"))
+            raise
         finally:
             (ARTIFACTS / "console.json").write_text(json.dumps(
                 {"console": console, "page_errors": page_errors,
