@@ -182,6 +182,16 @@ def pyramid_png(height: int, width: int, config: Config = REFERENCE, image=None,
     return figure_png(draw_pyramid(shapes, image=image, levels=levels), dpi=dpi)
 
 
+def pyramid_image(height: int, width: int, config: Config = REFERENCE, image=None,
+                  levels: Sequence[str] = LEVELS, dpi: int = 72):
+    """The pyramid as a plain ``IPython.display.Image`` (an ``image/png`` output): shows in any
+    notebook front end and in nbconvert/nbgrader HTML, with no widget state to store."""
+    from IPython.display import Image as DisplayImage
+
+    return DisplayImage(data=pyramid_png(height, width, config, image=image, dpi=dpi,
+                                         levels=levels), format="png")
+
+
 def draw_activation(activation, background=None, stride: int = 1, image_hw=None,
                     title: str = "", fig: Optional[Figure] = None) -> Figure:
     """One channel of a feature map (2-D array, ``h x w``) over the image it was computed from.
@@ -244,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 __all__ = ["draw_pyramid", "draw_shape_error", "draw_activation", "figure_png", "pyramid_png",
-           "readme_figure", "main"]
+           "pyramid_image", "readme_figure", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -122,3 +122,9 @@ def test_readme_picture_is_up_to_date(tmp_path):
     b = np.asarray(Image.open(io.BytesIO(fresh.read_bytes())).convert("RGB"), dtype=float)
     assert a.shape == b.shape, f"docs/pyramid.png is {a.shape}, a fresh one {b.shape}: {regenerate}"
     assert np.abs(a - b).mean() < 1.0, f"docs/pyramid.png is stale: {regenerate}"
+
+
+def test_pyramid_image_is_a_static_png_output():
+    shown = plots.pyramid_image(438, 512, levels=("P3", "P4", "P5"))
+    assert shown.data == plots.pyramid_png(438, 512, levels=("P3", "P4", "P5"))
+    assert shown.format == "png" and shown.data.startswith(PNG)
