@@ -121,7 +121,8 @@ def run(nb, path: Path, timeout: int = 600, kernel: Optional[str] = None) -> Lis
     return outcomes
 
 
-def report(outcomes: List[Outcome], out=sys.stdout) -> None:
+def report(outcomes: List[Outcome], out=None) -> None:
+    out = out or sys.stdout
     width = max([len(o.grade_id) for o in outcomes] + [10])
     for o in outcomes:
         got = o.points if o.passed else 0
