@@ -204,7 +204,7 @@ def draw_activation(activation, background=None, stride: int = 1, image_hw=None,
     act = np.asarray(activation, dtype=float)
     if act.ndim != 2:
         raise ValueError(f"draw_activation: expected a 2-D map (h, w), got shape {act.shape}")
-    fig = fig or Figure(figsize=(7.5, 4.2))
+    fig = fig or Figure(figsize=(8, 3.4))
     ax_img, ax_map = fig.subplots(1, 2)
     h, w = act.shape
     extent = (0, w * stride, h * stride, 0)

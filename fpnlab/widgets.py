@@ -296,7 +296,9 @@ def _widgets():
 
 def _png(data: bytes):
     w = _widgets()
-    return w.Image(value=data, format="png", layout=w.Layout(max_width="100%"))
+    # natural size (a VBox would stretch it to the cell's width), never wider than the cell
+    return w.Image(value=data, format="png",
+                   layout=w.Layout(max_width="100%", align_self="flex-start"))
 
 
 def pyramid(height: int = 438, width: int = 512, config: Config = REFERENCE, image=None,
@@ -468,7 +470,7 @@ def compute_levels(model, image) -> Levels:
     return Levels(maps, bg, hw, {k: st[k] for k in LEVELS})
 
 
-def activation_png(levels: Levels, level: str, channel: int, dpi: int = 72) -> bytes:
+def activation_png(levels: Levels, level: str, channel: int, dpi: int = 90) -> bytes:
     """PNG of one channel of one level over the padded input."""
     from .plots import draw_activation, figure_png
 
