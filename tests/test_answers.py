@@ -82,3 +82,37 @@ def test_the_stage_5_solution_loads_and_its_release_does_not():
     with pytest.raises(AnswerError, match=r"`LastLevelP6P7` still raises NotImplementedError: "
                                           r"finish exercise `p6p7` first"):
         load_answers(ROOT / "lessons" / "05-p6p7" / "05-p6p7.ipynb", ["LastLevelP6P7"])
+
+
+def test_the_course_solutions_run_end_to_end_through_load_answers():
+    """What lesson 06's ungraded section does: every stage's own parts, assembled by the stage 6
+    builder, reproduce the reference trace (meta device; preprocessing for real)."""
+    from types import SimpleNamespace
+
+    import torchvision.transforms.functional as TF
+
+    from fpnlab.config import default_cfg
+    from fpnlab.images import sample_image
+    from fpnlab.reference import reference_shapes
+    from fpnlab.tracing import diff, trace_model
+
+    def load(lesson, *names):
+        return load_answers(ROOT / "solutions" / lesson / f"{lesson}.ipynb", names)
+
+    pre = load("01-preprocessing", "resized_size", "to_bgr255", "to_image_list")
+    body = load("03-body", "ResNet")["ResNet"]
+    fpn = load("04-fpn", "FPN", "conv_with_kaiming_uniform")
+    build = load("06-backbone", "build_resnet_fpn_p3p7_backbone")["build_resnet_fpn_p3p7_backbone"]
+    parts = SimpleNamespace(ResNet=lambda cfg: body(stride_in_1x1=cfg.MODEL.RESNETS.STRIDE_IN_1X1,
+                                                    freeze_at=cfg.MODEL.BACKBONE.FREEZE_CONV_BODY_AT),
+                            FPN=fpn["FPN"], conv_with_kaiming_uniform=fpn["conv_with_kaiming_uniform"],
+                            LastLevelP6P7=load("05-p6p7", "LastLevelP6P7")["LastLevelP6P7"])
+    image = sample_image()
+    h, w = pre["resized_size"](image.height, image.width)
+    padded = pre["to_image_list"]([pre["to_bgr255"](TF.resize(image, [h, w]))]).tensors
+    with torch.device("meta"):
+        model = build(default_cfg(), parts).eval()
+    traced = trace_model(model, torch.empty(padded.shape, device="meta")).shapes()
+    traced["resized"] = (3, h, w)
+    expected = {k: v for k, v in reference_shapes().items() if k != "image"}
+    assert diff(traced, expected) == []
