@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="run learner code without bubblewrap (rlimits and timeout only)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--force", action="store_true",
+                   help="grade every submission again, unchanged ones too (e.g. after a timeout)")
     g.set_defaults(func=cmd_grade)
 
     k = sub.add_parser("check", help="run a notebook's visible tests and say what passes")
@@ -98,7 +100,7 @@ def cmd_grade(args) -> int:
     try:
         grade(args.lesson, Path(args.submissions), Path(args.out), workers=args.workers,
               settings=settings, source=Path(args.source) if args.source else None,
-              progress=False if args.no_progress else None)
+              progress=False if args.no_progress else None, force=args.force)
     except UsageError as e:
         print(f"fpnlab grade: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -147,7 +147,12 @@ def prepare_course(out: Path, source: Path, lessons: List[str]) -> Dict[str, str
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
         nbformat.write(inject_integrity(nb), str(dest / name))
-        run_nbgrader(["generate_assignment", lesson, "--force"], out, check=True)
+        try:
+            run_nbgrader(["generate_assignment", lesson, "--force"], out, check=True)
+        except RuntimeError as e:
+            raise UsageError(f"nbgrader could not generate {lesson} in {out} (did the lesson "
+                             f"change in a way the gradebook's submissions forbid? grade into a "
+                             f"new --out): {str(e)[-1500:]}") from None
         state[lesson] = hashes[lesson]
         state_path.parent.mkdir(parents=True, exist_ok=True)
         state_path.write_text(json.dumps(state, indent=1))
@@ -251,13 +256,20 @@ def find_notebook(student_dir: Path, lesson: str, expected: str, lessons: List[s
                   ) -> Tuple[Optional[Path], str]:
     """The student's notebook for ``lesson`` and a note when it was found under another name."""
     stem = Path(expected).stem
+    names = set(lessons) | {stem, lesson}
+
+    def ours(p: Path) -> bool:
+        # LMS downloads decorate names: "01-preprocessing-1.ipynb", "copy of 01-preprocessing".
+        # The longest lesson name found in the file name says whose notebook it is.
+        found = [n for n in names if n in p.stem]
+        return bool(found) and max(found, key=len) in (stem, lesson)
+
     for folder in (student_dir / lesson, student_dir):
         exact = folder / expected
         if exact.is_file():
             return exact, ""
         candidates = _notebooks(folder) if folder.is_dir() else []
-        # LMS downloads decorate names: "01-preprocessing-1.ipynb", "copy of 01-preprocessing".
-        near = [p for p in candidates if stem in p.stem]
+        near = [p for p in candidates if ours(p)]
         if len(near) == 1:
             return near[0], f"graded {near[0].name} (expected {expected})"
         if folder == student_dir / lesson and len(candidates) == 1:
@@ -598,10 +610,12 @@ def write_grades(path: Path, rows: Iterable[Row]) -> None:
 
 def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
           settings: Optional[Settings] = None, source: Optional[Path] = None,
-          progress: Optional[bool] = None, log: Callable[[str], None] = print) -> List[Row]:
+          progress: Optional[bool] = None, force: bool = False,
+          log: Callable[[str], None] = print) -> List[Row]:
     """Grade ``submissions`` for ``lesson`` (or ``all``) into the course folder ``out``.
 
     Returns the rows of this run (every row, kept ones included, is in ``out/grades.csv``).
+    An unchanged submission keeps its row unless ``force``.
     Raises :class:`UsageError` for a bad invocation.
     """
     settings = settings or Settings()
@@ -643,7 +657,7 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for job in jobs:
         old = previous.get((job.student_id, job.lesson))
-        if (old and job.sha256 and old.sha256 == job.sha256 and old.status != "error"
+        if (not force and old and job.sha256 and old.sha256 == job.sha256 and old.status != "error"
                 and old.source_sha256 == hashes[job.lesson]):
             continue                       # unchanged: keep its grade
         if job.status:

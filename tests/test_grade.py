@@ -71,6 +71,27 @@ def test_collect_finds_each_layout_and_says_what_is_missing(tmp_path, course):
     assert jobs["nested"].notebook is not None and len(jobs["nested"].sha256) == 64
 
 
+def test_collect_for_all_lessons_matches_flat_notebooks_by_name(tmp_path, course):
+    second = course / "00-toy2"
+    second.mkdir()
+    nbformat.write(toy.source_notebook(), str(second / "00-toy2.ipynb"))
+    subs = tmp_path / "subs"
+    (subs / "ann").mkdir(parents=True)
+    for name in ("00-toy.ipynb", "00-toy2.ipynb"):
+        (subs / "ann" / name).write_text(json.dumps(toy.release_notebook()))
+    (subs / "ben").mkdir()
+    (subs / "ben" / "00-toy2.ipynb").write_text(json.dumps(toy.release_notebook()))
+    jobs = {(j.student_id, j.lesson): j for j in
+            G.collect(subs, G.lessons_in(course), course, 1 << 20)}
+    assert sorted(jobs) == [("ann", "00-toy"), ("ann", "00-toy2"), ("ben", "00-toy"),
+                            ("ben", "00-toy2")]
+    assert jobs[("ann", "00-toy")].path.name == "00-toy.ipynb"
+    assert jobs[("ann", "00-toy2")].path.name == "00-toy2.ipynb"
+    assert jobs[("ben", "00-toy2")].status is None
+    # "00-toy2.ipynb" contains "00-toy": with two lessons it must not stand in for 00-toy.
+    assert jobs[("ben", "00-toy")].status == "missing-notebook"
+
+
 def test_too_large_and_not_json_are_refused_before_nbgrader(tmp_path, course):
     subs = tmp_path / "subs"
     toy.write_submission(subs, "big", b" " * 2048 + json.dumps(toy.release_notebook()).encode())
