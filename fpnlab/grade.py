@@ -711,7 +711,9 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(todo), unit="notebook", desc="grading", file=sys.stderr)
+        size = shutil.get_terminal_size((100, 20))      # a pty of size 0 x 0: 100 x 20
+        bar = tqdm(total=len(todo), unit="notebook", desc="grading", file=sys.stderr,
+                   ncols=size.columns, nrows=size.lines)
     lock = threading.Lock()
     results: List[List[Row]] = [[] for _ in shards]
 

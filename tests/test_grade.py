@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -302,16 +301,37 @@ def test_feedback_shows_failures_but_no_hidden_tests(graded):
     assert "BEGIN HIDDEN TESTS" in auto
 
 
+def _run_in_pty(argv, env) -> tuple:
+    """Run ``argv`` with a terminal as stdout and stderr; (exit code, everything it printed)."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:                                      # pragma: no cover (the child)
+        os.execve(argv[0], argv, env)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
 @pytest.mark.slow
-def test_cli_unsafe_mode_grades_and_warns(tmp_path, course):
+def test_cli_on_a_terminal_shows_progress_and_unsafe_mode_warns(tmp_path, course):
     subs = toy.class_of(tmp_path / "subs", {"ann": toy.with_answer(toy.SOLUTION)})
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "fpnlab.cli", "grade", toy.LESSON, str(subs),
-                           "--out", str(tmp_path / "out"), "--source", str(course),
-                           "--unsafe-no-sandbox", "--timeout", "60"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "WARNING" in proc.stderr and "unsafe" in proc.stderr
+    code, printed = _run_in_pty(
+        [sys.executable, "-m", "fpnlab.cli", "grade", toy.LESSON, str(subs), "--out",
+         str(tmp_path / "out"), "--source", str(course), "--unsafe-no-sandbox", "--timeout", "60"],
+        env)
+    assert code == 0, printed[-2000:]
+    assert "WARNING" in printed and "unsafe" in printed
+    assert "grading: 100%" in printed and "1/1" in printed          # the progress bar
     rows = G.read_grades(tmp_path / "out" / "grades.csv")
     assert (rows[("ann", toy.LESSON)].status, rows[("ann", toy.LESSON)].score) == ("graded", 3.0)
 
