@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=_positive, default=1, help="shards graded at once (default 1)")
     g.add_argument("--timeout", type=_positive, default=600,
                    help="wall-clock limit per notebook in seconds (default 600)")
-    g.add_argument("--memory-gb", type=_positive, default=6, help="address-space limit per kernel")
+    g.add_argument("--memory-gb", type=_positive, default=6, help="memory limit per kernel in GB (default 6)")
     g.add_argument("--source", default=None, help="course source folder (default: the repo's solutions/)")
     g.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="run learner code without bubblewrap (rlimits and timeout only)")

@@ -362,7 +362,9 @@ class Shard:
 
     def __init__(self, out: Path, index: int, settings: Settings):
         self.index, self.settings = index, settings
-        self.uid = sandbox.DEFAULT_UID + index
+        # A uid of its own per worker and per grading run (as root): the process limit counts
+        # per uid, so a fork bomb here cannot starve another worker's kernel.
+        self.uid = sandbox.DEFAULT_UID + (os.getpid() % 4096) * 16 + index % 16
         self.path = out / "grading" / "shards" / str(index)
         if self.path.exists():
             shutil.rmtree(self.path)

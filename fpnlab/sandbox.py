@@ -12,7 +12,7 @@
    the only writable places, and the folder holding the kernel's connection file and its ``ipc``
    sockets (with no network, ZMQ cannot use TCP: the grader sets ``KernelManager.transport``
    to ``ipc``);
-3. inside, ``python -m fpnlab.sandbox limits ...`` sets the rlimits (address space, processes,
+3. inside, ``python -m fpnlab.sandbox limits ...`` sets the rlimits (memory, processes,
    file size, CPU time, open files, no core files) and execs the kernel, so the process limit
    counts only the sandbox's own processes;
 4. kills the whole sandbox after a wall-clock limit and writes what happened (``ok``, ``timeout``,
@@ -41,7 +41,7 @@ from typing import Dict, List, Optional
 
 BWRAP = "/usr/bin/bwrap"
 HOME = "/home/learner"          # the learner's scratch folder, as the sandbox sees it
-DEFAULT_UID = 61000             # the kernel's uid when grading runs as root (plus the worker number)
+DEFAULT_UID = 200000            # the kernel's uid when grading runs as root (the grader adds to it)
 ENV_PREFIX = "FPNLAB_SANDBOX_"
 # Environment the kernel gets (everything else is cleared: NBGRADER_EXECUTION, JPY_PARENT_PID ...).
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -50,10 +50,10 @@ PASS_VARS = ("LANG", "LC_ALL", "FPNLAB_DEVICE", "CUDA_VISIBLE_DEVICES", "TZ")
 
 @dataclass
 class Limits:
-    """Per-kernel limits. ``memory`` is address space (bytes), ``nproc`` processes + threads."""
+    """Per-kernel limits. ``memory`` in bytes, ``nproc`` processes + threads."""
 
     timeout: float = 600.0         # wall clock, whole notebook (seconds)
-    memory: int = 6 << 30          # RLIMIT_AS: torch alone maps ~2 GiB of address space
+    memory: int = 6 << 30          # RLIMIT_DATA (+ RLIMIT_AS without GPUs; torch maps ~2 GiB)
     nproc: int = 256               # RLIMIT_NPROC inside the sandbox's own user namespace
     fsize: int = 64 << 20          # RLIMIT_FSIZE: largest file the kernel may write
     nofile: int = 1024
@@ -252,9 +252,14 @@ def set_limits(memory: int, nproc: int, fsize: int, nofile: int, cpu: int,
                uid: Optional[int] = None) -> None:
     """Apply the rlimits to this process (inherited by everything it starts), then switch to
     ``uid`` when given (the sandbox started as root)."""
-    for which, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_NPROC, nproc),
-                         (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_NOFILE, nofile),
-                         (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_CORE, 0)):
+    limits = [(resource.RLIMIT_DATA, memory), (resource.RLIMIT_NPROC, nproc),
+              (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_NOFILE, nofile),
+              (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_CORE, 0)]
+    # RLIMIT_DATA counts what a program writes (malloc, torch's allocator). The address-space
+    # limit is stricter, but CUDA reserves far more address space than it uses: only without GPUs.
+    if not any(Path("/dev").glob("nvidia*")):
+        limits.append((resource.RLIMIT_AS, memory))
+    for which, value in limits:
         resource.setrlimit(which, (value, value))
     if uid is not None:
         os.setgroups([])
@@ -313,7 +318,6 @@ def _defined_in_notebook(value, roots) -> bool:
 
 def tampering() -> List[str]:
     """What the running notebook replaced in fpnlab, torch or builtins (empty when nothing)."""
-    import builtins
     import types
 
     roots = tuple(sorted({os.path.realpath(p) + os.sep for p in _python_paths() + ["/usr/"]}
@@ -323,7 +327,8 @@ def tampering() -> List[str]:
     for name in names + [g for g in GUARDED if g in sys.modules]:
         mod = sys.modules[name]
         if not isinstance(mod, types.ModuleType) or (
-                name != "builtins" and not str(getattr(mod, "__file__", "") or "").startswith(roots)):
+                name not in sys.builtin_module_names
+                and not str(getattr(mod, "__file__", "") or "").startswith(roots)):
             found.append(f"sys.modules[{name!r}] (replaced by an object made in the notebook)")
             continue
         for attr, value in list(vars(mod).items()):

@@ -173,7 +173,7 @@ def test_sandbox_limits_hold_for_a_plain_command(tmp_path, monkeypatch):
         secret.write_text("the answers")
         code = (f"import resource, os; open({str(probe)!r}, 'w').write('%d %d %s' % ("
                 "resource.getrlimit(resource.RLIMIT_NPROC)[0], "
-                f"resource.getrlimit(resource.RLIMIT_AS)[0], os.path.exists({str(secret)!r})))")
+                f"resource.getrlimit(resource.RLIMIT_DATA)[0], os.path.exists({str(secret)!r})))")
         status = tmp_path / "status.json"
         rc = sandbox.launch([sys.executable, "-c", code], str(conn),
                             sandbox.Limits(timeout=60, nproc=40, memory=3 << 30), str(status))

@@ -8,11 +8,9 @@ are what they would be alone.
 from __future__ import annotations
 
 import copy
-import json
 import socket
 import sqlite3
 import threading
-from pathlib import Path
 
 import nbformat
 import pytest
