@@ -57,11 +57,12 @@ def test_release_leaks_no_solution_or_hidden_test():
             assert marker not in text, f"{path}: {marker}"
 
 
-def test_package_holds_no_solution_markers():
+def test_package_holds_no_solution_regions():
+    """fpnlab ships to learners: no solution or hidden-test region may sit in it (code that
+    merely names the markers, to strip them, is fine)."""
     for path in (ROOT / "fpnlab").rglob("*.py"):
-        text = path.read_text()
-        for marker in MARKERS:
-            assert f"### {marker}" not in text, f"{path}: {marker}"
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            assert not any(line.strip().startswith(f"### {m}") for m in MARKERS), f"{path}:{n}"
 
 
 def test_readme_points_table_matches_the_notebooks():
