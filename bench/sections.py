@@ -1,0 +1,150 @@
+"""Bench sections that need the course's own code: the learner-style model, grading, the report."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from types import SimpleNamespace
+
+from .timing import Target, at_least, at_most, fmt_seconds, median, timed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def learner_model(cfg=None, device="cpu"):
+    """The learner-style model: the stage-6 solution's builder assembling the solutions' own
+    ResNet (stage 3), FPN (stage 4) and LastLevelP6P7 (stage 5), loaded from solutions/."""
+    from fpnlab.answers import load_answers
+    from fpnlab.config import default_cfg
+
+    cfg = cfg or default_cfg()
+    sol = ROOT / "solutions"
+    body = load_answers(sol / "03-body" / "03-body.ipynb", ["ResNet"])["ResNet"]
+    fpn = load_answers(sol / "04-fpn" / "04-fpn.ipynb", ["FPN", "conv_with_kaiming_uniform"])
+    top = load_answers(sol / "05-p6p7" / "05-p6p7.ipynb", ["LastLevelP6P7"])["LastLevelP6P7"]
+    build = load_answers(sol / "06-backbone" / "06-backbone.ipynb",
+                         ["build_resnet_fpn_p3p7_backbone"])["build_resnet_fpn_p3p7_backbone"]
+
+    def resnet(c):
+        params = inspect.signature(body).parameters
+        if "cfg" in params:
+            return body(c)
+        options = {"stride_in_1x1": c.MODEL.RESNETS.STRIDE_IN_1X1,
+                   "freeze_at": c.MODEL.BACKBONE.FREEZE_CONV_BODY_AT}
+        return body(**{k: v for k, v in options.items() if k in params})
+
+    parts = SimpleNamespace(ResNet=resnet, FPN=fpn["FPN"], LastLevelP6P7=top,
+                            conv_with_kaiming_uniform=fpn["conv_with_kaiming_uniform"])
+    return build(cfg, parts)
+
+
+def shapes(repeat: int) -> dict:
+    """Shape checking: the learner-style model on the meta device vs a real CPU forward."""
+    import torch
+
+    from fpnlab.reference import reference_shapes
+    from fpnlab.tracing import trace_model
+
+    out = {}
+    _, _, h, w = reference_shapes()["padded"]
+    with torch.device("meta"):
+        meta = learner_model().eval()
+    cpu = learner_model().eval()
+    for name, (hh, ww) in {"480x576": (h, w), "1333x1333": (1344, 1344)}.items():
+        xm = torch.empty(1, 3, hh, ww, device="meta")
+        meta_runs = timed(lambda: trace_model(meta, xm), repeat, warmup=1)
+        out[f"meta_{name}_s"] = median(meta_runs)
+        if name == "480x576":
+            xc = torch.randn(1, 3, hh, ww)
+            cpu_runs = timed(lambda: trace_model(cpu, xc), repeat, warmup=1)
+            out[f"cpu_{name}_s"] = median(cpu_runs)
+            out["ratio_cpu_over_meta_480x576"] = median(cpu_runs) / median(meta_runs)
+        print(f"  meta {name}: {fmt_seconds(out[f'meta_{name}_s'])}", flush=True)
+    out["note"] = "1333x1333 is padded to 1344x1344 (size_divisible 32)"
+    return out
+
+
+def model(repeat: int) -> dict:
+    """The learner-style model vs torchvision's BackboneWithFPN: same weights, same input, CPU."""
+    import torch
+
+    from fpnlab import oracle
+    from fpnlab.reference import reference_shapes
+
+    torch.manual_seed(0)
+    mine = learner_model().eval()
+    tv = oracle.randomize_frozen_bn(oracle.backbone()).eval()
+    oracle.copy_weights(tv, mine)
+    _, _, h, w = reference_shapes()["padded"]
+    x = torch.randn(1, 3, h, w)
+    with torch.inference_mode():
+        a, b = list(mine(x)), list(oracle.fpn_outputs(tv(x)).values())
+        max_diff = max(float((p - q).abs().max() / q.abs().max()) for p, q in zip(a, b))
+
+        mine_runs = []
+        tv_runs = []
+        for _ in range(repeat):                      # interleaved, so drift hits both alike
+            mine_runs += timed(lambda: mine(x), 1, warmup=0)
+            tv_runs += timed(lambda: tv(x), 1, warmup=0)
+    return {"learner_s": median(mine_runs), "torchvision_s": median(tv_runs),
+            "ratio": median(mine_runs) / median(tv_runs), "max_rel_diff": max_diff,
+            "outputs_equal": max_diff < 1e-4, "runs": {"learner": mine_runs, "torchvision": tv_runs}}
+
+
+def grading(repeat: int, class_size: int) -> dict:
+    from .grading import measure
+    return measure(repeat, class_size)
+
+
+def targets(figures: dict) -> list:
+    out = []
+    fl = figures.get("floor", {}).get("median_s")
+    g = figures.get("grading", {})
+    if fl and g.get("course_per_student_s"):
+        out.append(at_most("whole-course grading per student / floor",
+                           g["course_per_student_s"] / fl, 1.5, "x"))
+    if g.get("speedup_2_workers"):
+        out.append(at_least("class of one stage: 1 worker / 2 workers", g["speedup_2_workers"], 1.5, "x"))
+    if g.get("ratio_vs_nbgrader"):
+        out.append(at_most("fpnlab grade / plain nbgrader autograde", g["ratio_vs_nbgrader"], 1.0, "x"))
+    s = figures.get("shapes", {})
+    if s.get("ratio_cpu_over_meta_480x576"):
+        out.append(at_least("CPU forward / meta shape check at 480x576",
+                            s["ratio_cpu_over_meta_480x576"], 20, "x"))
+    if s.get("meta_1333x1333_s") is not None:
+        out.append(at_most("meta shape check at 1333x1333", s["meta_1333x1333_s"], 0.2, " s"))
+    m = figures.get("model", {})
+    if m.get("ratio"):
+        out.append(at_most("learner-style model / torchvision BackboneWithFPN (CPU)", m["ratio"], 1.10, "x"))
+        out.append(Target("learner-style outputs equal torchvision's", m["max_rel_diff"], "< 1e-4",
+                          bool(m["outputs_equal"])))
+    return out
+
+
+def report(figures: dict, targs: list) -> str:
+    lines = ["", "figure                                              value"]
+    fl = figures.get("floor", {})
+    if fl:
+        lines.append(f"floor: kernel start + import torch, torchvision   {fmt_seconds(fl['median_s'])}")
+    for name, nb in figures.get("notebooks", {}).items():
+        lines.append(f"solution notebook {name:<33}{fmt_seconds(nb['median_s'])}")
+    for key, value in figures.get("grading", {}).items():
+        if isinstance(value, float):
+            lines.append(f"grading {key:<43} {value:.3f}")
+    for key, value in figures.get("shapes", {}).items():
+        if isinstance(value, float):
+            lines.append(f"shapes {key:<44} {fmt_seconds(value) if key.endswith('_s') else f'{value:.1f}x'}")
+    m = figures.get("model", {})
+    if m:
+        lines.append(f"learner-style model forward (CPU, 480x576)        {fmt_seconds(m['learner_s'])}")
+        lines.append(f"torchvision BackboneWithFPN forward                {fmt_seconds(m['torchvision_s'])}")
+        lines.append(f"ratio learner / torchvision                        {m['ratio']:.3f}")
+    c = figures.get("cuda", {})
+    if "skipped" in c:
+        lines.append(f"CUDA: skipped ({c['skipped']})")
+    elif c:
+        for key, value in c["latency_s"].items():
+            lines.append(f"CUDA {key:<45} {fmt_seconds(value)}  peak {c['peak_mem_mb'][key]:.0f} MB")
+    lines += ["", "target                                              value      target     met"]
+    for t in targs:
+        lines.append(f"{t.name:<52}{t.value:<11.3f}{t.target:<11}{'yes' if t.met else 'NO'}")
+    return "\n".join(lines)
