@@ -635,6 +635,7 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
         raise UsageError(f"unknown lesson {lesson!r}; the course has: {', '.join(available) or 'none'}")
     if not submissions.exists():
         raise UsageError(f"submissions {submissions} do not exist")
+
     def nested(a: Path, b: Path) -> bool:
         return a == b or a in b.parents or b in a.parents
 
@@ -662,6 +663,8 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
         if (not force and old and job.sha256 and old.sha256 == job.sha256 and old.status != "error"
                 and old.source_sha256 == hashes[job.lesson]):
             continue                       # unchanged: keep its grade
+        if job.status == "missing-notebook" and old and old.status == GRADED:
+            continue                       # not in this download: keep the earlier grade
         if job.status:
             row = Row(job.student_id, job.lesson, 0.0, max_score(out, job.lesson), job.status,
                       job.detail, job.sha256, hashes[job.lesson], now)

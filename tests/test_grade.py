@@ -243,11 +243,12 @@ def graded(tmp_path_factory):
     first = G.grade(toy.LESSON, z, out, workers=2, source=source, progress=False,
                     settings=G.Settings(timeout=60))
     csv1 = (out / "grades.csv").read_text()
-    # Second run: bob fixed his notebook, erin is not in this download, frank is new.
+    # Second run: bob fixed his notebook, erin is not in this download (carol's folder is
+    # there but empty), frank is new.
     sub2 = base / "second"
     toy.class_of(sub2, {"alice": students["alice"], "bob": toy.with_answer(toy.SOLUTION),
-                        "carol": students["carol"], "dave": students["dave"],
-                        "frank": toy.with_answer(toy.WRONG_VALUES)})
+                        "dave": students["dave"], "frank": toy.with_answer(toy.WRONG_VALUES)})
+    (sub2 / "carol").mkdir()
     second = G.grade(toy.LESSON, sub2, out, workers=1, source=source, progress=False,
                      settings=G.Settings(timeout=60))
     return {"out": out, "first": {r.student_id: r for r in first}, "csv1": csv1,

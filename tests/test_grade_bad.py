@@ -35,7 +35,9 @@ def _duplicated(nb, grade_id):
     nb = copy.deepcopy(nb)
     i = next(i for i, c in enumerate(nb.cells)
              if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
-    nb.cells.insert(i + 1, copy.deepcopy(nb.cells[i]))
+    dup = copy.deepcopy(nb.cells[i])
+    dup["id"] = "copied-cell"            # a new cell id; the nbgrader metadata is the copy
+    nb.cells.insert(i + 1, dup)
     return nb
 
 
