@@ -808,6 +808,29 @@ def _preprocessors():
             super().__init__(**kwargs)
             self.enabled = True          # nbconvert preprocessors are off by default
 
+        def preprocess(self, nb, resources):
+            # Lines of hidden tests, to redact wherever a notebook printed them (``print(In)``
+            # or a post_run_cell hook after the tests ran).
+            lines = {ln.strip() for c in nb.cells if c.cell_type == "code"
+                     and c.get("metadata", {}).get("nbgrader", {}).get("grade")
+                     for ln in hidden_lines(c.source) if len(ln.strip()) >= 6}
+            # ... also as repr() and JSON print them (``print(In)`` shows a list of strings).
+            variants = lines | {repr(ln)[1:-1] for ln in lines} | {json.dumps(ln)[1:-1] for ln in lines}
+            self._hidden = sorted(variants, key=len, reverse=True)
+            return super().preprocess(nb, resources)
+
+        def _redact(self, text):
+            if isinstance(text, list):
+                text = "".join(text)
+            if not isinstance(text, str):
+                return text
+            for line in self._hidden:
+                if line in text:
+                    text = text.replace(line, "[hidden test]")
+            for word in ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS", INTEGRITY_MARK):
+                text = text.replace(word, "[hidden test]")
+            return text
+
         def preprocess_cell(self, cell, resources, index):
             if cell.cell_type != "code":
                 return cell, resources
@@ -815,7 +838,13 @@ def _preprocessors():
                 cell.source = strip_hidden(cell.source)
             for out in cell.get("outputs", []):
                 if out.get("output_type") == "error":
-                    out["traceback"] = [f"{out.get('ename', 'Error')}: {out.get('evalue', '')}"]
+                    out["traceback"] = [f"{out.get('ename', 'Error')}: "
+                                        f"{self._redact(str(out.get('evalue', '')))}"]
+                if "text" in out:
+                    out["text"] = self._redact(out["text"])
+                for mime in list(out.get("data", {}) or {}):
+                    if mime.startswith("text/") or mime.endswith("json"):
+                        out["data"][mime] = self._redact(out["data"][mime])
             return cell, resources
 
     return CappedExecute, SanitizeFeedback
@@ -823,6 +852,19 @@ def _preprocessors():
 
 HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?^[ \t]*### END HIDDEN TESTS[^\n]*\n?",
                     re.S | re.M)
+
+
+def hidden_lines(source: str) -> List[str]:
+    """The lines between ### BEGIN HIDDEN TESTS and ### END HIDDEN TESTS."""
+    lines, inside = [], False
+    for line in source.splitlines():
+        if "### BEGIN HIDDEN TESTS" in line:
+            inside = True
+        elif "### END HIDDEN TESTS" in line:
+            inside = False
+        elif inside:
+            lines.append(line)
+    return lines
 
 
 def strip_hidden(source: str) -> str:

@@ -151,6 +151,10 @@ def pad_to(x, d=32):
         "monkeypatch": toy.with_answer("def pad_to(x, d=32):\n    return x", monkeypatch),
         "fake-shape": toy.with_answer(fake_shape),
     }
+    leak = toy.with_answer(toy.SOLUTION, "get_ipython().events.register('post_run_cell', "
+                           "lambda result: print('LEAK', result.info.raw_cell))")
+    leak.cells.append(nbformat.v4.new_code_cell("print('HISTORY', In)"))
+    students["history-leak"] = leak
     toy.class_of(subs, students)
     toy.write_submission(subs, "wrong-name", sol, name="my homework.ipynb")
     (subs / "missing" / toy.LESSON).mkdir(parents=True)
@@ -177,7 +181,7 @@ def _outputs(batch, student) -> str:
 
 def test_every_student_has_a_row_and_the_good_ones_full_marks(batch):
     students = set(batch["csv"])
-    assert len(students) == 18, sorted(students)
+    assert len(students) == 19, sorted(students)
     for good in ("ok-solution", "ok-alternative"):
         r = _row(batch, good)
         assert (r.status, r.score, r.max_score) == ("graded", 3.0, 3.0), r
@@ -291,9 +295,18 @@ def test_gradebook_agrees_with_grades_csv(batch):
             assert float(sub.score) == row.score, (student, row)
 
 
+def test_printed_history_of_hidden_tests_is_redacted_in_feedback(batch):
+    r = _row(batch, "history-leak")
+    assert (r.status, r.score) == ("graded", 3.0), r
+    assert "check_shape(pad_to(torch.zeros(1, 3, 50, 70), 16)" in _outputs(batch, "history-leak")
+    html = (batch["out"] / "feedback" / "history-leak" / toy.LESSON / "00-toy.html").read_text()
+    assert "LEAK" in html and "HISTORY" in html and "[hidden test]" in html
+    assert "50, 70" not in html and "HIDDEN-VALUE-CAUSE" not in html
+
+
 def test_feedback_never_shows_hidden_tests(batch):
     feedback = sorted((batch["out"] / "feedback").rglob("*.html"))
-    assert len(feedback) == 18
+    assert len(feedback) == 19
     for path in feedback:
         text = path.read_text()
         assert "HIDDEN" not in text and "50, 70" not in text and "integrity check" not in text, path
