@@ -150,6 +150,8 @@ def pad_to(x, d=32):
         "network": toy.with_answer(toy.SOLUTION, network),
         "monkeypatch": toy.with_answer("def pad_to(x, d=32):\n    return x", monkeypatch),
         "fake-shape": toy.with_answer(fake_shape),
+        "kernel-dies": toy.with_answer(toy.SOLUTION,
+                                       "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"),
     }
     leak = toy.with_answer(toy.SOLUTION, "get_ipython().events.register('post_run_cell', "
                            "lambda result: print('LEAK', result.info.raw_cell))")
@@ -181,7 +183,7 @@ def _outputs(batch, student) -> str:
 
 def test_every_student_has_a_row_and_the_good_ones_full_marks(batch):
     students = set(batch["csv"])
-    assert len(students) == 19, sorted(students)
+    assert len(students) == 20, sorted(students)
     for good in ("ok-solution", "ok-alternative"):
         r = _row(batch, good)
         assert (r.status, r.score, r.max_score) == ("graded", 3.0, 3.0), r
@@ -245,6 +247,12 @@ def test_fork_bomb_is_contained(batch):
     assert (r.status, r.score) in {("graded", 3.0), ("timeout", 0.0), ("killed", 0.0)}, r
 
 
+def test_a_kernel_that_dies_is_reported_killed(batch):
+    r = _row(batch, "kernel-dies")
+    assert (r.status, r.score, r.max_score) == ("killed", 0.0, 3.0), r
+    assert "signal 9" in r.detail
+
+
 def test_100_mb_of_output_is_capped(batch):
     r = _row(batch, "big-output")
     assert (r.status, r.score) == ("graded", 3.0), r
@@ -306,7 +314,7 @@ def test_printed_history_of_hidden_tests_is_redacted_in_feedback(batch):
 
 def test_feedback_never_shows_hidden_tests(batch):
     feedback = sorted((batch["out"] / "feedback").rglob("*.html"))
-    assert len(feedback) == 19
+    assert len(feedback) == 20
     for path in feedback:
         text = path.read_text()
         assert "HIDDEN" not in text and "50, 70" not in text and "integrity check" not in text, path
