@@ -769,6 +769,7 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
         logs.mkdir(parents=True, exist_ok=True)
         for log in sorted((shard.path / "grading" / "logs").glob("*.log")):
             shutil.copy2(log, logs / f"shard{i}-{log.name}")
+        shutil.rmtree(shard.path, ignore_errors=True)     # merged: the shard's course is debris
     return rows
 
 

@@ -8,10 +8,10 @@
    another worker's kernel;
 2. starts ``bwrap`` with every namespace unshared (no network, own PIDs, own users), a read-only
    view of the system, Python and the ``fpnlab`` package only (no repository, no course
-   directory, no gradebook, no submissions, no home), a private ``/tmp`` and a scratch folder as
-   the only writable places, and the folder holding the kernel's connection file and its ``ipc``
-   sockets (with no network, ZMQ cannot use TCP: the grader sets ``KernelManager.transport``
-   to ``ipc``);
+   directory, no gradebook, no submissions, no home), a private ``/tmp`` and home folder
+   (size-limited tmpfs) as the only writable places besides the folder holding the kernel's
+   connection file and its ``ipc`` sockets (with no network, ZMQ cannot use TCP: the grader
+   sets ``KernelManager.transport`` to ``ipc``);
 3. inside, ``python -m fpnlab.sandbox limits ...`` sets the rlimits (memory, processes,
    file size, CPU time, open files, no core files) and execs the kernel, so the process limit
    counts only the sandbox's own processes;
@@ -33,7 +33,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +55,7 @@ class Limits:
     memory: int = 6 << 30          # RLIMIT_DATA (+ RLIMIT_AS without GPUs; torch maps ~2 GiB)
     nproc: int = 256               # RLIMIT_NPROC inside the sandbox's own user namespace
     fsize: int = 64 << 20          # RLIMIT_FSIZE: largest file the kernel may write
+    scratch: int = 256 << 20       # size of each writable tmpfs (/tmp, the home folder): RAM
     nofile: int = 1024
     cpu: Optional[int] = None      # RLIMIT_CPU seconds (default: timeout + 30)
     sandbox: bool = True           # False only with --unsafe-no-sandbox: rlimits and timeout only
@@ -103,7 +103,7 @@ def _python_paths() -> List[str]:
     return sorted(p for p in paths if p and not p.startswith("/usr/"))
 
 
-def bwrap_command(bwrap: str, connection_dir: str, scratch: str, limits: Limits,
+def bwrap_command(bwrap: str, connection_dir: str, limits: Limits,
                   inner: List[str], as_root: bool = False) -> List[str]:
     """The bwrap argv that runs ``inner`` in the sandbox."""
     if as_root:
@@ -114,10 +114,16 @@ def bwrap_command(bwrap: str, connection_dir: str, scratch: str, limits: Limits,
                    "--unshare-cgroup-try", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         unshare = ["--unshare-all"]
+    # The writable places are tmpfs of a fixed size (they live in RAM, which no rlimit counts).
+    size = str(limits.scratch)
     args = [bwrap, *unshare, "--die-with-parent", "--new-session", "--clearenv",
             *_system_binds(),
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/home",
-            "--tmpfs", "/run", "--tmpfs", "/var", "--dir", "/var/tmp"]
+            "--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
+            "--size", str(1 << 20), "--tmpfs", "/home",
+            "--perms", "1777", "--size", size, "--tmpfs", HOME,
+            "--size", str(16 << 20), "--tmpfs", "/run",
+            "--size", str(16 << 20), "--tmpfs", "/var", "--perms", "1777", "--dir", "/var/tmp"]
     made = {"/", "/tmp", "/home", "/run", "/var", "/usr", "/etc", "/proc", "/dev"}
     for p in _python_paths() + list(limits.readable):
         # bwrap makes missing parents 0700; the kernel's uid must be able to walk through them.
@@ -131,7 +137,7 @@ def bwrap_command(bwrap: str, connection_dir: str, scratch: str, limits: Limits,
         args += ["--dev-bind", dev, dev]
     if gpus:
         args += ["--ro-bind-try", "/sys", "/sys"]
-    args += ["--bind", scratch, HOME, "--bind", connection_dir, connection_dir, "--chdir", HOME]
+    args += ["--bind", connection_dir, connection_dir, "--chdir", HOME]
     env = {"HOME": HOME, "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
            "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONDONTWRITEBYTECODE": "1",
            "PYTHONNOUSERSITE": "1", "TMPDIR": "/tmp", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
@@ -188,17 +194,15 @@ def launch(kernel_argv: List[str], connection_file: str, limits: Limits,
               f"{runtime} ({ENV_PREFIX}RUNTIME)", file=sys.stderr)
         _write_status(status_path, status="error", detail="connection file outside the runtime folder")
         return 2
-    scratch = tempfile.mkdtemp(prefix="fpnlab-scratch-")
     if uid is not None:
-        # The kernel runs as ``uid``: it must read its connection file and own its scratch.
-        # (The grader made the runtime folder for that uid.)
-        for p in (scratch, connection_file):
-            os.chown(p, uid, uid)
+        # The kernel runs as ``uid``: it must read its connection file. (The grader made the
+        # runtime folder for that uid.)
+        os.chown(connection_file, uid, uid)
     inner = _limits_argv(limits, uid) + kernel_argv
     if limits.sandbox:
         bwrap = shutil.which("bwrap") or BWRAP
-        cmd = bwrap_command(bwrap, connection_dir, scratch, limits, inner, as_root=uid is not None)
-        cwd = scratch
+        cmd = bwrap_command(bwrap, connection_dir, limits, inner, as_root=uid is not None)
+        cwd = "/"
     else:
         cmd, cwd = inner, os.getcwd()
     env = None if limits.sandbox else {k: v for k, v in os.environ.items()
@@ -212,7 +216,6 @@ def launch(kernel_argv: List[str], connection_file: str, limits: Limits,
         _kill(proc)
         _write_status(status_path, status="stopped", signal=signum,
                       seconds=round(time.monotonic() - start, 2))
-        shutil.rmtree(scratch, ignore_errors=True)
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
@@ -231,8 +234,6 @@ def launch(kernel_argv: List[str], connection_file: str, limits: Limits,
             _write_status(status_path, status="killed", signal=sig, seconds=took)
         else:
             _write_status(status_path, status="ok", exit_code=code, seconds=took)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return code
 
 

@@ -179,6 +179,15 @@ def test_sandbox_limits_hold_for_a_plain_command(tmp_path, monkeypatch):
                             sandbox.Limits(timeout=60, nproc=40, memory=3 << 30), str(status))
         assert rc == 0 and json.loads(status.read_text())["status"] == "ok"
         assert probe.read_text() == f"40 {3 << 30} False"
+        # The writable tmpfs are small: 4 files of 10 MB do not fit in 24 MB.
+        fill = ("import errno\nfor i in range(4):\n    try:\n"
+                "        open(f'/tmp/f{i}', 'wb').write(bytes(10 << 20))\n"
+                "    except OSError as e:\n"
+                f"        open({str(probe)!r}, 'w').write(f'{{i}} {{errno.errorcode[e.errno]}}')\n"
+                "        break")
+        sandbox.launch([sys.executable, "-c", fill], str(conn),
+                       sandbox.Limits(timeout=60, scratch=24 << 20), str(status))
+        assert probe.read_text() == "2 ENOSPC"
         sandbox.launch([sys.executable, "-c", "import time; time.sleep(60)"], str(conn),
                        sandbox.Limits(timeout=2), str(status))
         assert json.loads(status.read_text())["status"] == "timeout"
