@@ -503,20 +503,22 @@ def _integrity_failures(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- merge
 
-def merge(out: Path, shard: Shard, lesson: str, students: List[str]) -> None:
-    """Copy the shard's grades of ``students`` into OUT's gradebook (one writer: this process),
-    and their submitted / autograded / feedback folders into OUT."""
+def merge(out: Path, course: Path, lesson: str, students: List[str],
+          submitted: Optional[Path] = None) -> None:
+    """Copy the grades of ``students`` for ``lesson`` from the nbgrader course ``course`` (a
+    shard, or another machine's OUT) into OUT's gradebook (one writer: this process), and their
+    submitted / autograded / feedback folders into OUT."""
     import warnings
 
     from nbgrader.api import Gradebook, MissingEntry
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")       # SQLAlchemy chatter from nbgrader's API
-        _merge_db(out, shard, lesson, students, Gradebook, MissingEntry)
+        _merge_db(out, course, lesson, students, Gradebook, MissingEntry)
     for student in students:
         for top in ("submitted", "autograded", "feedback"):
-            src_dir = (shard.path / "grading" / top if top == "submitted" else shard.path / top) \
-                / student / lesson
+            src_dir = ((submitted or course / "submitted") if top == "submitted"
+                       else course / top) / student / lesson
             dst_dir = out / top / student / lesson
             if src_dir.exists():
                 if dst_dir.exists():
@@ -524,8 +526,8 @@ def merge(out: Path, shard: Shard, lesson: str, students: List[str]) -> None:
                 shutil.copytree(src_dir, dst_dir)
 
 
-def _merge_db(out, shard, lesson, students, Gradebook, MissingEntry) -> None:
-    with Gradebook(f"sqlite:///{shard.path / 'gradebook.db'}") as src, \
+def _merge_db(out, course, lesson, students, Gradebook, MissingEntry) -> None:
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as src, \
             Gradebook(f"sqlite:///{out / 'gradebook.db'}") as dst:
         for student in students:
             try:
@@ -579,6 +581,37 @@ def write_status_feedback(out: Path, row: Row, notebook: str) -> None:
     (folder / (Path(notebook).stem + ".html")).write_text(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(row.lesson)}"
         f"</title></head><body>{body}</body></html>\n")
+
+
+def merge_course(into: Path, other: Path) -> int:
+    """Fold another grading folder (``fpnlab grade --out OTHER``, e.g. from another machine,
+    same lessons) into ``into``: its rows, gradebook entries and folders, the later grading of
+    a (student, lesson) winning. Returns how many rows were taken."""
+    into, other = Path(into), Path(other)
+    theirs = read_grades(other / "grades.csv")
+    if not theirs:
+        raise UsageError(f"{other} holds no grades.csv")
+    if not (into / "gradebook.db").exists():
+        shutil.copytree(other, into, dirs_exist_ok=True)
+        return len(theirs)
+    lessons = sorted({r.lesson for r in theirs.values()})
+    missing = [lesson for lesson in lessons if not (into / "solutions" / lesson).is_dir()]
+    if missing:
+        prepare_course(into, other / "solutions", missing)
+    ours = read_grades(into / "grades.csv")
+    taken = [r for key, r in theirs.items()
+             if key not in ours or (r.graded_at, r.status == GRADED)
+             > (ours[key].graded_at, ours[key].status == GRADED)]
+    for lesson in sorted({r.lesson for r in taken}):
+        merge(into, other, lesson, [r.student_id for r in taken
+                                    if r.lesson == lesson and r.status == GRADED])
+    record_zero(into, [r for r in taken if r.status != GRADED])
+    for r in taken:
+        ours[(r.student_id, r.lesson)] = r
+        if r.status != GRADED:
+            write_status_feedback(into, r, notebook_name(into / "solutions", r.lesson))
+    write_grades(into / "grades.csv", ours.values())
+    return len(taken)
 
 
 # ----------------------------------------------------------------------------- grades.csv
@@ -759,7 +792,7 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
             if row.status == GRADED:
                 by_lesson.setdefault(row.lesson, []).append(row.student_id)
         for lesson, students in by_lesson.items():
-            merge(out, shard, lesson, students)
+            merge(out, shard.path, lesson, students, shard.path / "grading" / "submitted")
         for row in results[i]:
             if row.status != GRADED:
                 write_status_feedback(out, row, notebook_name(out / "solutions", row.lesson))

@@ -294,6 +294,28 @@ def test_gradebook_merged_from_shards_exports_every_student(graded):
 
 
 @pytest.mark.slow
+def test_a_class_graded_on_two_machines_merges_into_one(graded, tmp_path):
+    """Machine B graded zed; machine A (the fixture's OUT) graded the rest: fold A into B."""
+    subs = toy.class_of(tmp_path / "subs", {"zed": toy.with_answer(toy.WRONG_VALUES)})
+    (subs / "yan").mkdir()                                          # no notebook
+    b = tmp_path / "machine-b"
+    G.grade(toy.LESSON, subs, b, source=graded["source"], progress=False,
+            settings=G.Settings(timeout=60))
+    assert G.merge_course(b, graded["out"]) == 6
+    rows = G.read_grades(b / "grades.csv")
+    assert {s: (r.status, r.score) for (s, _), r in rows.items()} == {
+        "alice": ("graded", 3.0), "bob": ("graded", 3.0), "carol": ("graded", 3.0),
+        "dave": ("graded", 2.0), "erin": ("graded", 3.0), "frank": ("graded", 2.0),
+        "yan": ("missing-notebook", 0.0), "zed": ("graded", 2.0)}
+    proc = G.run_nbgrader(["export", "--to", str(b / "export.csv")], b)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = {r["student_id"]: float(r["score"]) for r in csv.DictReader(open(b / "export.csv"))}
+    assert scores == {s: r.score for (s, _), r in rows.items()}
+    assert (b / "feedback" / "dave" / toy.LESSON / "00-toy.html").exists()
+    assert G.merge_course(b, graded["out"]) == 0                    # nothing newer the second time
+
+
+@pytest.mark.slow
 def test_feedback_shows_failures_but_no_hidden_tests(graded):
     fb = graded["out"] / "feedback"
     assert sorted(p.parts[-3] for p in fb.rglob("*.html")) == \
