@@ -380,6 +380,7 @@ class Shard:
         self.status_dir = self.path / "grading" / "status"
         self.status_dir.mkdir(parents=True)
         self.chunks = 0
+        self.run_id = time.strftime("%Y%m%d-%H%M%S")
 
     def env(self) -> dict:
         limits = sandbox.Limits(timeout=self.settings.timeout, memory=self.settings.memory,
@@ -440,7 +441,7 @@ class Shard:
         elif not autograded.exists() or f"for student '{job.student_id}'" in proc.stdout + proc.stderr:
             row.status = "error"
             row.detail = _join(row.detail, f"{_nbgrader_error(proc)} (log: grading/logs/"
-                                           f"shard{self.index}-{log.name})")
+                                           f"{self.run_id}-shard{self.index}-{log.name})")
         if row.status == GRADED:
             row.score, row.max_score = self.score(job.lesson, job.student_id)
             tampered = _integrity_failures(autograded)
@@ -801,7 +802,7 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
         logs = out / "grading" / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for log in sorted((shard.path / "grading" / "logs").glob("*.log")):
-            shutil.copy2(log, logs / f"shard{i}-{log.name}")
+            shutil.copy2(log, logs / f"{shard.run_id}-shard{i}-{log.name}")
         shutil.rmtree(shard.path, ignore_errors=True)     # merged: the shard's course is debris
     return rows
 
