@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("lesson", metavar="LESSON", help="an assignment name (e.g. 01-preprocessing) or all")
     g.add_argument("submissions", metavar="SUBMISSIONS",
                    help="a folder <student>/<lesson>/<notebook>.ipynb (or <student>/<notebook>.ipynb), "
-                   "or an LMS .zip of <student>_<anything>_<notebook>.ipynb files")
+                   "or an LMS .zip of <student>_<anything>.ipynb files (see --zip-pattern)")
     g.add_argument("--out", required=True, help="the grading course folder (kept across runs)")
     g.add_argument("--workers", type=_positive, default=1, help="shards graded at once (default 1)")
     g.add_argument("--timeout", type=_positive, default=600,
@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="run learner code without bubblewrap (rlimits and timeout only)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--zip-pattern", default=None, metavar="REGEX",
+                   help="where a flat zip entry's name holds the student id: a regular expression "
+                   "with a (?P<student_id>...) group (default: the text before the first _)")
     g.add_argument("--force", action="store_true",
                    help="grade every submission again, unchanged ones too (e.g. after a timeout)")
     g.set_defaults(func=cmd_grade)
@@ -100,7 +103,8 @@ def cmd_grade(args) -> int:
     try:
         grade(args.lesson, Path(args.submissions), Path(args.out), workers=args.workers,
               settings=settings, source=Path(args.source) if args.source else None,
-              progress=False if args.no_progress else None, force=args.force)
+              progress=False if args.no_progress else None, force=args.force,
+              **({"zip_pattern": args.zip_pattern} if args.zip_pattern else {}))
     except UsageError as e:
         print(f"fpnlab grade: {e}", file=sys.stderr)
         return EXIT_USAGE

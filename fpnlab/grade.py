@@ -5,7 +5,8 @@
 What nbgrader does not do by itself, and this module adds (see autograder/README.md):
 
 - takes a folder ``<student>/<lesson>/<notebook>.ipynb`` (nbgrader's ``submitted/``), a folder
-  ``<student>/<notebook>.ipynb``, or an LMS ``.zip`` (``<student>_<anything>_<notebook>.ipynb``);
+  ``<student>/<notebook>.ipynb``, or an LMS ``.zip`` (``<student>_<anything>.ipynb``, or any
+  ``--zip-pattern``);
 - reads every submission itself first: a file that is not a notebook, too large or missing gets
   a status and a 0 without reaching nbgrader; outputs are dropped, duplicated grade cells are
   turned into plain cells (nbgrader #1083), the kernelspec is the course's;
@@ -189,13 +190,23 @@ def run_nbgrader(args: List[str], course: Path, env: Optional[dict] = None, chec
 
 # ----------------------------------------------------------------------------- submissions
 
-def unpack_zip(zpath: Path, dest: Path) -> Path:
+ZIP_PATTERN = r"^(?P<student_id>[^_]+)_"
+
+
+def unpack_zip(zpath: Path, dest: Path, pattern: str = ZIP_PATTERN) -> Path:
     """Unpack an LMS zip safely (no absolute paths, no '..', a size cap) into ``dest``.
 
-    Entries inside folders keep their layout (``<student>/<lesson>/<nb>.ipynb``); a flat entry
-    ``<student>_<anything>.ipynb`` (Moodle, Canvas and nbgrader's zip_collect style: the student
-    id is the text before the first underscore) goes to ``<student>/<rest>.ipynb``.
+    Entries inside folders keep their layout (``<student>/<lesson>/<nb>.ipynb``). A flat entry
+    goes to ``<student>/<its name>`` where ``pattern`` (a regular expression with a group
+    ``student_id``, searched in the file name) finds the student id; by default the text before
+    the first underscore: ``<student>_<anything>.ipynb``. Entries it does not match are skipped.
     """
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise UsageError(f"--zip-pattern {pattern!r} is not a regular expression ({e})") from None
+    if "student_id" not in regex.groupindex:
+        raise UsageError(f"--zip-pattern {pattern!r} has no (?P<student_id>...) group")
     try:
         zf = zipfile.ZipFile(zpath)
     except (zipfile.BadZipFile, OSError) as e:
@@ -216,10 +227,10 @@ def unpack_zip(zpath: Path, dest: Path) -> Path:
             if total > MAX_ZIP:
                 raise UsageError(f"{zpath} unpacks to more than {MAX_ZIP >> 20} MB")
             if len(parts) == 1:
-                stem, sep, rest = parts[0].partition("_")
-                if not sep:
+                match = regex.search(parts[0])
+                if not match or not match.group("student_id"):
                     continue
-                parts = [stem, rest]
+                parts = [match.group("student_id"), parts[0]]
             target = dest.joinpath(*parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(target, "wb") as dst:
@@ -647,7 +658,7 @@ def write_grades(path: Path, rows: Iterable[Row]) -> None:
 def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
           settings: Optional[Settings] = None, source: Optional[Path] = None,
           progress: Optional[bool] = None, force: bool = False,
-          log: Callable[[str], None] = print) -> List[Row]:
+          zip_pattern: str = ZIP_PATTERN, log: Callable[[str], None] = print) -> List[Row]:
     """Grade ``submissions`` for ``lesson`` (or ``all``) into the course folder ``out``.
 
     Returns the rows of this run (every row, kept ones included, is in ``out/grades.csv``).
@@ -683,7 +694,7 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
     if submissions.is_file():
         if submissions.suffix.lower() != ".zip":
             raise UsageError(f"{submissions} is neither a folder nor a .zip")
-        submissions = unpack_zip(submissions, out / "grading" / "inbox")
+        submissions = unpack_zip(submissions, out / "grading" / "inbox", zip_pattern)
 
     hashes = prepare_course(out, source, lessons)
     jobs = collect(submissions, lessons, out / "solutions", settings.max_bytes)

@@ -41,8 +41,21 @@ def test_zip_flat_lms_names_and_folders_unpack_by_student(tmp_path):
         zf.writestr("__MACOSX/s101/._x.ipynb", "junk")                # archive debris: skipped
     inbox = G.unpack_zip(z, tmp_path / "inbox")
     files = sorted(str(p.relative_to(inbox)) for p in inbox.rglob("*") if p.is_file())
-    assert files == ["s101/attempt_2026-11-25_00-toy.ipynb", "s102/00-toy/00-toy.ipynb"]
+    assert files == ["s101/s101_attempt_2026-11-25_00-toy.ipynb", "s102/00-toy/00-toy.ipynb"]
     assert not (tmp_path / "escape.ipynb").exists()
+
+
+def test_zip_pattern_takes_the_id_from_where_the_lms_puts_it(tmp_path):
+    z = tmp_path / "canvas.zip"
+    with zipfile.ZipFile(z, "w") as zf:       # Canvas: <name>_[LATE_]<user id>_<sub id>_<file>
+        zf.writestr("lovelaceada_4711_90001_00-toy.ipynb", "{}")
+        zf.writestr("hopper_LATE_4712_90002_00-toy-1.ipynb", "{}")
+        zf.writestr("readme.txt", "no id here")
+    inbox = G.unpack_zip(z, tmp_path / "inbox", r"^[^_]+_(?:LATE_)?(?P<student_id>\d+)_")
+    assert sorted(str(p.relative_to(inbox)) for p in inbox.rglob("*") if p.is_file()) == [
+        "4711/lovelaceada_4711_90001_00-toy.ipynb", "4712/hopper_LATE_4712_90002_00-toy-1.ipynb"]
+    with pytest.raises(G.UsageError, match="student_id"):
+        G.unpack_zip(z, tmp_path / "inbox", r"^(\d+)_")
 
 
 def test_not_a_zip_is_a_usage_error(tmp_path):
