@@ -1,0 +1,75 @@
+"""Grading figures: one student's whole course, a class of one stage with 1 and 2 workers, and
+plain `nbgrader autograde` on the same class."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from autograder.roundtrip import Course
+from autograder.release import assignments
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASS_LESSON = "01-preprocessing"
+
+
+def _grade(lesson: str, submissions: Path, out: Path, workers: int) -> float:
+    cmd = [sys.executable, "-m", "fpnlab.cli", "grade", lesson, str(submissions), "--out", str(out),
+           "--workers", str(workers), "--no-progress"]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"fpnlab grade failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return elapsed
+
+
+def _student_folder(root: Path, student: str, lessons) -> None:
+    for lesson in lessons:
+        src = next((ROOT / "solutions" / lesson).glob("*.ipynb"))
+        dest = root / student / lesson
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dest / src.name)
+
+
+def measure(repeat: int, class_size: int) -> dict:
+    out: dict = {"class_lesson": CLASS_LESSON, "class_size": class_size}
+    with tempfile.TemporaryDirectory(prefix="fpnlab-bench-") as tmp:
+        tmp = Path(tmp)
+        # 1. one student's whole course (7 notebooks, the solutions: every test runs)
+        course = tmp / "course-subs"
+        _student_folder(course, "s000", assignments())
+        runs = [_grade("all", course, tmp / f"course-out-{i}", workers=1) for i in range(repeat)]
+        out["course_per_student_runs_s"] = runs
+        out["course_per_student_s"] = sorted(runs)[len(runs) // 2]
+        print(f"  whole course, one student: {out['course_per_student_s']:.1f} s", flush=True)
+
+        # 2. a class of one stage, 1 and 2 workers, one run each (minutes per run)
+        klass = tmp / "class-subs"
+        for i in range(class_size):
+            _student_folder(klass, f"s{i:03d}", [CLASS_LESSON])
+        t1 = _grade(CLASS_LESSON, klass, tmp / "class-out-1", workers=1)
+        print(f"  class of {class_size}, 1 worker: {t1:.1f} s", flush=True)
+        t2 = _grade(CLASS_LESSON, klass, tmp / "class-out-2", workers=2)
+        print(f"  class of {class_size}, 2 workers: {t2:.1f} s", flush=True)
+
+        # 3. plain nbgrader on the same class (no sandbox, no feedback, one process)
+        plain = Course(tmp / "plain")
+        plain.generate(CLASS_LESSON)
+        name = plain.notebook_name(CLASS_LESSON)
+        for i in range(class_size):
+            dest = plain.path / "submitted" / f"s{i:03d}" / CLASS_LESSON
+            dest.mkdir(parents=True)
+            shutil.copy(next((ROOT / "solutions" / CLASS_LESSON).glob("*.ipynb")), dest / name)
+        from autograder.release import nbgrader
+        t = time.perf_counter()
+        nbgrader(["autograde", CLASS_LESSON, "--force", "--create", "--student=*"], plain.path)
+        tn = time.perf_counter() - t
+        print(f"  class of {class_size}, plain nbgrader autograde: {tn:.1f} s", flush=True)
+    out.update({"class_1_worker_s": t1, "class_2_workers_s": t2, "class_plain_nbgrader_s": tn,
+                "speedup_2_workers": t1 / t2, "ratio_vs_nbgrader": t2 / tn,
+                "ratio_1_worker_vs_nbgrader": t1 / tn})
+    return out
