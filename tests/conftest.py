@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Sequence
 
@@ -30,7 +30,30 @@ class Mistake:
     name: str
     cells: Dict[str, str]
     loses: Sequence[str]
-    extra: Dict[str, str] = field(default_factory=dict)
+
+
+def answer(course: Course, assignment: str, grade_id: str) -> str:
+    """The solution's source of one answer cell."""
+    nb = course.solution(assignment)
+    return next(c.source for c in nb.cells
+                if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+def variant(source: str, old: str, new: str) -> str:
+    """The solution with one learner's mistake; fails loudly if the solution no longer has ``old``."""
+    assert old in source, f"the solution no longer contains {old!r}"
+    return source.replace(old, new)
+
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def requires(available: bool, reason: str):
+    """Skip on a workstation that lacks a tool; in CI (CI=true) run anyway, so that a missing
+    install step fails loudly instead of passing as a skip."""
+    if available or IN_CI:
+        return pytest.mark.usefixtures()          # no-op mark
+    return pytest.mark.skip(reason=reason)
 
 
 def grade_both_ways(course: Course, assignment: str, mistakes: Iterable[Mistake]) -> None:

@@ -17,10 +17,10 @@ import pytest
 
 from fpnlab import grade as G
 from fpnlab import sandbox
+from conftest import requires
 from grading import toy
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not sandbox.bwrap_available(), reason="needs bubblewrap")]
+pytestmark = [pytest.mark.slow, requires(sandbox.bwrap_available() is not None, "needs bubblewrap")]
 
 TIMEOUT = 30          # per notebook; a toy notebook takes ~5 s (torch's import)
 

@@ -1,21 +1,14 @@
 """Stage 5 (P6/P7) grades both ways: full marks, zero, and exactly the points of each mistake."""
 import pytest
 
-from conftest import Mistake, grade_both_ways
+from conftest import Mistake, grade_both_ways, variant
+from conftest import answer as _answer
 
 ASSIGNMENT = "05-p6p7"
 
 
 def answer(course, grade_id="p6p7"):
-    nb = course.solution(ASSIGNMENT)
-    return next(c.source for c in nb.cells
-                if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
-
-
-def variant(source, old, new):
-    """The solution with one learner's mistake; fails loudly if the solution no longer has ``old``."""
-    assert old in source, f"the solution of {ASSIGNMENT} no longer contains {old!r}"
-    return source.replace(old, new)
+    return _answer(course, ASSIGNMENT, grade_id)
 
 
 @pytest.mark.slow
