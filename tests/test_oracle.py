@@ -132,6 +132,7 @@ def test_preprocess_is_bgr255_minus_mean_and_zero_padded():
     assert torch.equal(out["padded"][0, :, :, :561], out["resized"])
     import numpy as np
     from PIL import Image
-    rgb = torch.from_numpy(np.asarray(img.resize((561, 480), Image.BILINEAR))).float()
+    _, rh, rw = out["resized"].shape
+    rgb = torch.from_numpy(np.array(img.resize((rw, rh), Image.BILINEAR))).float()
     for c, mean in enumerate(oracle.PIXEL_MEAN):      # BGR: channel 0 is blue
         assert torch.allclose(out["resized"][c], rgb[..., 2 - c] - mean, atol=1e-3)
