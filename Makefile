@@ -46,7 +46,7 @@ release: setup
 	$(PY) -m autograder.release
 
 ## bench: speed and cost figures (prints a table, writes bench/results.json).
-bench: setup
+bench: setup system
 	$(PY) -m bench
 
 clean:
