@@ -82,3 +82,90 @@ def test_diff_side_by_side_and_render():
     text = side_by_side(Trace.from_shapes(wrong), ref)
     assert "<- differs" in text.splitlines()[6] and "C3" in text.splitlines()[6]
     assert "1x1024x4x5" in ref.render()
+
+
+# ----------------------------------------------------------------------------- MetaElementwise
+
+def _meta(*shape, channels_last=False):
+    t = torch.empty(*shape, device="meta")
+    return t.to(memory_format=torch.channels_last) if channels_last else t
+
+
+SHORTCUT_CASES = [
+    ("mul broadcast", lambda a, b: a * b, (_meta(2, 8, 5, 7), _meta(1, 8, 1, 1))),
+    ("add scalar", lambda a: a + 1e-5, (_meta(8),)),
+    ("scalar minus", lambda a: 1 - a, (_meta(3, 4),)),
+    ("sub reversed broadcast", lambda a, b: b - a, (_meta(4, 1), _meta(1, 5))),
+    ("torch.add alpha", lambda a, b: torch.add(a, b, alpha=2), (_meta(2, 3), _meta(3))),
+    ("div", lambda a, b: a / b, (_meta(2, 8, 5, 7), _meta(8, 1, 1))),
+    ("rsqrt", lambda a: a.rsqrt(), (_meta(8),)),
+    ("relu", lambda a: F.relu(a), (_meta(1, 4, 3, 3),)),
+    ("channels_last kept", lambda a, b: a * b, (_meta(2, 8, 5, 7, channels_last=True), _meta(1, 8, 1, 1))),
+    ("channels_last plus contiguous", lambda a, b: a + b,
+     (_meta(2, 8, 5, 7, channels_last=True), _meta(2, 8, 5, 7))),
+]
+
+
+@pytest.mark.parametrize("name,fn,args", SHORTCUT_CASES, ids=[c[0] for c in SHORTCUT_CASES])
+def test_meta_shortcut_gives_what_pytorch_gives(name, fn, args):
+    from fpnlab.tracing import MetaElementwise
+
+    want = fn(*args)
+    with torch.no_grad(), MetaElementwise():
+        got = fn(*args)
+    assert got.device.type == "meta"
+    assert (got.shape, got.dtype, got.stride()) == (want.shape, want.dtype, want.stride()), name
+
+
+def test_meta_shortcut_in_place_returns_its_tensor_and_mismatches_raise_pytorchs_error():
+    from fpnlab.tracing import MetaElementwise
+
+    a, b = _meta(1, 256, 60, 72), _meta(1, 256, 60, 71)
+    with pytest.raises(RuntimeError) as plain:
+        a + b
+    with torch.no_grad(), MetaElementwise():
+        assert a.add_(_meta(256, 1, 1)) is a
+        assert F.relu(a, inplace=True) is a
+        with pytest.raises(RuntimeError) as shortcut:
+            a + b
+        with pytest.raises(RuntimeError):
+            a.add_(_meta(2, 256, 60, 72))              # in place cannot grow a
+    assert str(shortcut.value) == str(plain.value)
+    assert "71" in str(plain.value) and "72" in str(plain.value)
+
+
+def test_meta_shortcut_leaves_other_cases_to_pytorch():
+    from fpnlab.tracing import MetaElementwise
+
+    mixed = (torch.empty(3, device="meta", dtype=torch.float16), torch.empty(3, device="meta"))
+    ints = torch.empty(3, device="meta", dtype=torch.int64)
+    with torch.no_grad(), MetaElementwise():
+        assert (mixed[0] + mixed[1]).dtype == torch.float32       # type promotion: PyTorch's
+        assert ints.rsqrt().dtype == torch.float32
+        cpu = torch.ones(3) * 2                                     # real tensors: real values
+    assert cpu.tolist() == [2.0, 2.0, 2.0]
+    w = torch.empty(3, device="meta", requires_grad=True)
+    with MetaElementwise():
+        assert (w * 2).grad_fn is not None                          # autograd: PyTorch's
+
+
+def test_meta_trace_is_much_cheaper_than_the_plain_meta_forward_in_calls():
+    """The short cut answers the backbone's elementwise calls (counted, not timed)."""
+    from fpnlab import tracing
+
+    calls = []
+    real = tracing.MetaElementwise._shortcut
+
+    def counting(kind, args):
+        out = real(kind, args)
+        calls.append(out is not None)
+        return out
+
+    model = oracle.backbone().to("meta").eval()
+    try:
+        tracing.MetaElementwise._shortcut = staticmethod(counting)
+        shapes = trace_model(model, torch.empty(REF["padded"], device="meta")).shapes()
+    finally:
+        tracing.MetaElementwise._shortcut = staticmethod(real)
+    assert shapes["P7"] == REF["P7"]
+    assert len(calls) > 300 and all(calls)
