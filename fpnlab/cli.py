@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--source", default=None, help="course source folder (default: the repo's solutions/)")
     g.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="run learner code without bubblewrap (rlimits and timeout only)")
+    g.add_argument("--cold-kernels", action="store_true",
+                   help="a fresh sandbox and Python for every notebook, instead of one warm "
+                   "sandbox per student that imports torch once and forks a kernel per notebook")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--zip-pattern", default=None, metavar="REGEX",
                    help="where a flat zip entry's name holds the student id: a regular expression "
@@ -96,7 +99,7 @@ def cmd_grade(args) -> int:
     from .grade import Settings, UsageError, grade
 
     settings = Settings(timeout=args.timeout, memory=args.memory_gb << 30,
-                        sandbox=not args.unsafe_no_sandbox)
+                        sandbox=not args.unsafe_no_sandbox, warm=not args.cold_kernels)
     if args.unsafe_no_sandbox:
         print("fpnlab grade: WARNING: --unsafe-no-sandbox: learner code runs with your rights",
               file=sys.stderr)

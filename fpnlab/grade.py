@@ -25,6 +25,7 @@ import csv
 import hashlib
 import html
 import io
+import itertools
 import json
 import os
 import re
@@ -42,7 +43,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import nbformat
 
-from . import sandbox
+from . import sandbox, warmkernel
 
 ROOT = Path(__file__).resolve().parent.parent
 COURSE_CONFIG = ROOT / "autograder" / "nbgrader_config.py"
@@ -135,6 +136,7 @@ def prepare_course(out: Path, source: Path, lessons: List[str]) -> Dict[str, str
     state_path = out / "grading" / "sources.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     hashes = {}
+    changed = []
     for lesson in lessons:
         name = notebook_name(source, lesson)
         raw = (source / lesson / name).read_bytes()
@@ -148,13 +150,18 @@ def prepare_course(out: Path, source: Path, lessons: List[str]) -> Dict[str, str
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
         nbformat.write(inject_integrity(nb), str(dest / name))
+        changed.append(lesson)
+    if changed:
+        # One nbgrader process (its start-up costs about 2 s): several lessons go as the glob
+        # "*", which also regenerates, unchanged, any lesson OUT already had.
+        assignment = changed[0] if len(changed) == 1 else "*"
         try:
-            run_nbgrader(["generate_assignment", lesson, "--force"], out, check=True)
+            run_nbgrader(["generate_assignment", assignment, "--force"], out, check=True)
         except RuntimeError as e:
-            raise UsageError(f"nbgrader could not generate {lesson} in {out} (did the lesson "
-                             f"change in a way the gradebook's submissions forbid? grade into a "
-                             f"new --out): {str(e)[-1500:]}") from None
-        state[lesson] = hashes[lesson]
+            raise UsageError(f"nbgrader could not generate {', '.join(changed)} in {out} (did a "
+                             f"lesson change in a way the gradebook's submissions forbid? grade "
+                             f"into a new --out): {str(e)[-1500:]}") from None
+        state.update({lesson: hashes[lesson] for lesson in changed})
         state_path.parent.mkdir(parents=True, exist_ok=True)
         state_path.write_text(json.dumps(state, indent=1))
     return hashes
@@ -356,6 +363,7 @@ class Settings:
     nproc: int = 256
     sandbox: bool = True
     max_bytes: int = 20 << 20
+    warm: bool = True          # a warm sandbox per student (fpnlab.warmkernel); needs the sandbox
 
 
 def _kernel_dir(course: Path) -> Path:
@@ -396,7 +404,7 @@ class Shard:
     def env(self) -> dict:
         limits = sandbox.Limits(timeout=self.settings.timeout, memory=self.settings.memory,
                                 nproc=self.settings.nproc, sandbox=self.settings.sandbox,
-                                uid=self.uid)
+                                uid=self.uid, warm=self.settings.warm and self.settings.sandbox)
         env = {"JUPYTER_PATH": str(self.jupyter), "JUPYTER_RUNTIME_DIR": str(self.runtime),
                "FPNLAB_GRADE_TIMEOUT": str(int(self.settings.timeout) + 5),
                "FPNLAB_SANDBOX_STATUS": str(self.status_dir), **limits.to_env()}
@@ -406,33 +414,40 @@ class Shard:
         return env
 
     def grade(self, jobs: List[Job]) -> List[Row]:
-        """Autograde ``jobs`` (one lesson) with one nbgrader run; one Row per job."""
-        lesson = jobs[0].lesson
-        name = notebook_name(self.path / "solutions", lesson)
+        """Autograde ``jobs`` (of one lesson or several) with one nbgrader run; one Row per job."""
+        lessons = sorted({job.lesson for job in jobs})
+        names = {lesson: notebook_name(self.path / "solutions", lesson) for lesson in lessons}
         shutil.rmtree(self.path / "submitted", ignore_errors=True)   # only this chunk's notebooks
         for job in jobs:
-            shutil.rmtree(self.path / "autograded" / job.student_id / lesson, ignore_errors=True)
-            folder = self.path / "submitted" / job.student_id / lesson
+            shutil.rmtree(self.path / "autograded" / job.student_id / job.lesson, ignore_errors=True)
+            folder = self.path / "submitted" / job.student_id / job.lesson
             folder.mkdir(parents=True)
-            nbformat.write(job.notebook, str(folder / name))
+            nbformat.write(job.notebook, str(folder / names[job.lesson]))
             self.status(job).unlink(missing_ok=True)
         for leftover in self.runtime.iterdir():
             if leftover.is_file() or leftover.is_socket():
                 leftover.unlink(missing_ok=True)
         self.chunks += 1
-        proc = run_nbgrader(["autograde", lesson, "--create", "--force"], self.path,
-                            env=self.env(), timeout=len(jobs) * (self.settings.timeout + 60) + 120)
-        log = self.path / "grading" / "logs" / f"{lesson}-{self.chunks}.log"
+        # One nbgrader process for the whole chunk, whatever its lessons: submitted/ holds only
+        # this chunk's notebooks, and nbgrader reads the assignment name as a glob.
+        assignment = lessons[0] if len(lessons) == 1 else "*"
+        try:
+            proc = run_nbgrader(["autograde", assignment, "--create", "--force"], self.path,
+                                env=self.env(), timeout=len(jobs) * (self.settings.timeout + 60) + 120)
+        finally:
+            warmkernel.stop(str(self.status_dir))      # the last student's warm sandbox
+        label = lessons[0] if len(lessons) == 1 else f"{len(lessons)}-lessons"
+        log = self.path / "grading" / "logs" / f"{label}-{self.chunks}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(f"$ nbgrader autograde {lesson} (exit {proc.returncode})\n"
+        log.write_text(f"$ nbgrader autograde {assignment} (exit {proc.returncode})\n"
                        f"{proc.stdout}\n{proc.stderr}")
         keep = self.path / "grading" / "submitted"
         for job in jobs:
-            dest = keep / job.student_id / lesson
+            dest = keep / job.student_id / job.lesson
             shutil.rmtree(dest, ignore_errors=True)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(self.path / "submitted" / job.student_id / lesson), str(dest))
-        return [self._row(job, name, proc, log) for job in jobs]
+            shutil.move(str(self.path / "submitted" / job.student_id / job.lesson), str(dest))
+        return [self._row(job, names[job.lesson], proc, log) for job in jobs]
 
     def status(self, job: Job) -> Path:
         return Path(sandbox.status_file(str(self.status_dir),
@@ -449,7 +464,8 @@ class Shard:
         elif kernel.get("status") == "killed":
             row.status = "killed"
             row.detail = _join(row.detail, f"kernel killed by signal {kernel.get('signal')}")
-        elif not autograded.exists() or f"for student '{job.student_id}'" in proc.stdout + proc.stderr:
+        elif not autograded.exists() or (f"assignment '{job.lesson}' for student '{job.student_id}'"
+                                         in proc.stdout + proc.stderr):
             row.status = "error"
             row.detail = _join(row.detail, f"{_nbgrader_error(proc)} (log: grading/logs/"
                                            f"{self.run_id}-shard{self.index}-{log.name})")
@@ -472,15 +488,18 @@ class Shard:
     def max_score(self, lesson: str) -> float:
         return max_score(self.path, lesson)
 
-    def feedback(self, lesson: str, students: List[str]) -> str:
-        """nbgrader's feedback HTML for the graded students of this shard; '' or the error."""
-        if not students:
+    def feedback(self, lessons: List[str]) -> str:
+        """nbgrader's feedback HTML for this shard's autograded notebooks of ``lessons`` (one
+        nbgrader process for them all); '' or the error."""
+        if not lessons:
             return ""
-        proc = run_nbgrader(["generate_feedback", lesson, "--force"], self.path,
+        assignment = lessons[0] if len(lessons) == 1 else "*"
+        proc = run_nbgrader(["generate_feedback", assignment, "--force"], self.path,
                             env={"JUPYTER_PATH": str(self.jupyter)}, timeout=600)
         return "" if proc.returncode == 0 else _nbgrader_error(proc)
 
     def close(self):
+        warmkernel.stop(str(self.status_dir))
         shutil.rmtree(self.runtime, ignore_errors=True)
 
 
@@ -731,17 +750,28 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
     return decided + graded
 
 
-CHUNK = 4   # notebooks per nbgrader process: its start-up (~3 s) is paid once per chunk
+CHUNK = 8   # notebooks per nbgrader process: its start-up (~2 s) is paid once per chunk
 
 
 def _chunks(jobs: List[Job], size: int):
-    """Consecutive runs of at most ``size`` jobs of one lesson."""
+    """Consecutive runs of at most ``size`` jobs (of any lessons: one nbgrader run grades them).
+
+    A student with several notebooks gets a chunk of their own: their notebooks share a warm
+    sandbox, and nbgrader visits a run's notebooks in directory order, not student by student.
+    """
     chunk: List[Job] = []
-    for job in jobs:
-        if chunk and (len(chunk) == size or chunk[-1].lesson != job.lesson):
+    for _, group in itertools.groupby(jobs, key=lambda j: j.student_id):
+        group = list(group)
+        if len(group) > 1:
+            if chunk:
+                yield chunk
+                chunk = []
+            yield group
+            continue
+        if len(chunk) == size:
             yield chunk
             chunk = []
-        chunk.append(job)
+        chunk.extend(group)
     if chunk:
         yield chunk
 
@@ -751,10 +781,11 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
     if not todo:
         return []
     workers = max(1, min(workers, len(todo)))
-    # Round-robin over students (sorted), so each shard gets a fair mix.
+    # Round-robin over the notebooks sorted by student, so each shard gets a fair mix and, within
+    # a shard, a student's notebooks come one after another (one warm sandbox serves them).
     shards = [Shard(out, i, settings) for i in range(workers)]
     plan: List[List[Job]] = [[] for _ in shards]
-    for i, job in enumerate(sorted(todo, key=lambda j: (j.lesson, j.student_id))):
+    for i, job in enumerate(sorted(todo, key=lambda j: (j.student_id, j.lesson))):
         plan[i % workers].append(job)
     if progress is None:
         progress = sys.stderr.isatty()
@@ -783,13 +814,11 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
                     with lock:
                         bar.set_postfix_str(f"{rows[-1].student_id}: {rows[-1].status}", refresh=False)
                         bar.update(len(rows))
-            for lesson in sorted({j.lesson for j in plan[i]}):
-                ok = [r.student_id for r in results[i] if r.lesson == lesson and r.status == GRADED]
-                err = shard.feedback(lesson, ok)
-                if err:
-                    for r in results[i]:
-                        if r.lesson == lesson and r.status == GRADED:
-                            r.detail = _join(r.detail, f"no feedback: {err}")
+            err = shard.feedback(sorted({r.lesson for r in results[i] if r.status == GRADED}))
+            if err:
+                for r in results[i]:
+                    if r.status == GRADED:
+                        r.detail = _join(r.detail, f"no feedback: {err}")
         finally:
             shard.close()
 

@@ -60,6 +60,7 @@ class Limits:
     cpu: Optional[int] = None      # RLIMIT_CPU seconds (default: timeout + 30)
     sandbox: bool = True           # False only with --unsafe-no-sandbox: rlimits and timeout only
     uid: Optional[int] = None      # the unprivileged uid to run as when started as root
+    warm: bool = False             # one warm sandbox per student, a forked kernel per notebook
     readable: List[str] = field(default_factory=list)   # extra read-only paths to show
 
     def to_env(self) -> Dict[str, str]:
@@ -198,6 +199,9 @@ def launch(kernel_argv: List[str], connection_file: str, limits: Limits,
         # The kernel runs as ``uid``: it must read its connection file. (The grader made the
         # runtime folder for that uid.)
         os.chown(connection_file, uid, uid)
+    state_folder = os.environ.get(ENV_PREFIX + "STATUS")
+    if limits.sandbox and limits.warm and state_folder:
+        return _launch_warm(kernel_argv, connection_file, limits, uid, status_path, state_folder)
     inner = _limits_argv(limits, uid) + kernel_argv
     if limits.sandbox:
         bwrap = shutil.which("bwrap") or BWRAP
@@ -234,6 +238,66 @@ def launch(kernel_argv: List[str], connection_file: str, limits: Limits,
             _write_status(status_path, status="killed", signal=sig, seconds=took)
         else:
             _write_status(status_path, status="ok", exit_code=code, seconds=took)
+    return code
+
+
+def _launch_warm(kernel_argv: List[str], connection_file: str, limits: Limits, uid: Optional[int],
+                 status_path: Optional[str], state_folder: str) -> int:
+    """:func:`launch` through the student's warm sandbox (:mod:`fpnlab.warmkernel`)."""
+    from . import warmkernel
+
+    runtime = os.path.dirname(connection_file)
+    student = Path.cwd().parent.name          # nbgrader's autograded/<student>/<lesson>
+    inner = _limits_argv(limits, uid) + [sys.executable, "-m", "fpnlab.warmkernel", "serve",
+                                         os.path.join(runtime, warmkernel.SOCKET_NAME)]
+    bwrap = shutil.which("bwrap") or BWRAP
+    command = bwrap_command(bwrap, runtime, limits, inner, as_root=uid is not None)
+    logs = Path(state_folder).parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    try:
+        sock = warmkernel.connect(student, state_folder, runtime, command,
+                                  str(logs / f"warm-{student}.log"))
+    except OSError as e:
+        print(f"fpnlab sandbox: {e}", file=sys.stderr)
+        _write_status(status_path, status="error", detail=str(e))
+        return 2
+
+    def stop(signum, _frame):
+        warmkernel.stop(state_folder)             # the whole sandbox goes
+        _write_status(status_path, status="stopped", signal=signum,
+                      seconds=round(time.monotonic() - start, 2))
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # interrupts travel as kernel messages
+    args = [a for a in kernel_argv[kernel_argv.index("-f") + 2:]]
+    sock.sendall((json.dumps({"connection_file": connection_file, "args": args}) + "\n").encode())
+    replies = sock.makefile("r")
+    code: Optional[int] = None
+    sock.settimeout(max(0.0, limits.timeout - (time.monotonic() - start)))
+    try:
+        for line in replies:
+            message = json.loads(line)
+            if "exit" in message:
+                code = int(message["exit"])
+                break
+    except (OSError, ValueError):                   # socket.timeout is an OSError
+        if time.monotonic() - start >= limits.timeout - 0.5:
+            warmkernel.stop(state_folder)
+            _write_status(status_path, status="timeout", seconds=round(time.monotonic() - start, 2),
+                          limit=limits.timeout)
+            return -signal.SIGKILL
+    took = round(time.monotonic() - start, 2)
+    if code is None:                                # the sandbox died under the kernel
+        warmkernel.stop(state_folder)
+        _write_status(status_path, status="killed", signal=signal.SIGKILL, seconds=took)
+        return -signal.SIGKILL
+    if code < 0 or code >= 128:
+        sig = -code if code < 0 else code - 128
+        _write_status(status_path, status="killed", signal=sig, seconds=took)
+    else:
+        _write_status(status_path, status="ok", exit_code=code, seconds=took)
     return code
 
 

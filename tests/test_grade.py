@@ -404,3 +404,58 @@ def test_real_lesson_01_solution_full_marks_blank_zero(tmp_path):
     sol, blank = rows["solution"], rows["blank"]
     assert sol.status == "graded" and sol.max_score > 0 and sol.score == sol.max_score, sol
     assert blank.status == "graded" and blank.score == 0 and blank.max_score == sol.max_score, blank
+
+
+# ----------------------------------------------------------------------------- warm kernels
+
+PROBE = """\
+import os, pathlib, uuid
+print('SEEN', len(list(pathlib.Path('/tmp').glob('mark-*'))))
+pathlib.Path('/tmp/mark-' + uuid.uuid4().hex).write_text('left by an earlier notebook')"""
+
+
+def _two_lesson_course(root: Path) -> Path:
+    from autograder import authoring as A
+
+    for lesson in (toy.LESSON, toy.LESSON + "-b"):
+        A.write(toy.source_notebook(), root / lesson / f"{lesson}.ipynb")
+    return root
+
+
+def _seen(out: Path, student: str, lesson: str) -> int:
+    nb = nbformat.read(str(out / "autograded" / student / lesson / f"{lesson}.ipynb"), as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    return int(text.split("SEEN ")[1].split()[0])
+
+
+def _warm_processes() -> list:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"fpnlab.warmkernel" in (proc / "cmdline").read_bytes():
+                found.append(proc.name)
+        except OSError:
+            pass
+    return found
+
+
+@needs_bwrap
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_a_students_notebooks_share_a_warm_sandbox_and_students_share_nothing(tmp_path, warm):
+    """Warm: a student's second notebook runs in the sandbox of the first (it sees the file the
+    first left in /tmp); the next student starts clean. Cold: every notebook starts clean."""
+    source = _two_lesson_course(tmp_path / "solutions")
+    subs = tmp_path / "subs"
+    for student in ("ann", "bob"):
+        for lesson in (toy.LESSON, toy.LESSON + "-b"):
+            toy.write_submission(subs, student, toy.with_answer(toy.SOLUTION, PROBE), lesson,
+                                 f"{lesson}.ipynb")
+    out = tmp_path / "out"
+    rows = G.grade("all", subs, out, source=source, progress=False,
+                   settings=G.Settings(timeout=120, warm=warm))
+    assert sorted((r.student_id, r.lesson, r.status, r.score) for r in rows) == [
+        (s, lesson, "graded", 3.0) for s in ("ann", "bob") for lesson in (toy.LESSON, toy.LESSON + "-b")]
+    for student in ("ann", "bob"):
+        assert _seen(out, student, toy.LESSON) == 0                  # nothing of the other student
+        assert _seen(out, student, toy.LESSON + "-b") == (1 if warm else 0)
+    assert _warm_processes() == []                                    # no sandbox outlives grading

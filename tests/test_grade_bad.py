@@ -163,7 +163,9 @@ def pad_to(x, d=32):
     (subs / "missing" / toy.LESSON / "notes.txt").write_text("I forgot the notebook")
     try:
         rows = G.grade(toy.LESSON, subs, out, workers=2, source=source, progress=False,
-                       settings=G.Settings(timeout=TIMEOUT, memory=4 << 30, nproc=64))
+                       # 6 GB (the default): the limit counts address space, and the warm kernel's
+                       # torch + torchvision map 3.6 GB of it before the first cell.
+                       settings=G.Settings(timeout=TIMEOUT, memory=6 << 30, nproc=64))
     finally:
         listener.close()
     return {"rows": {r.student_id: r for r in rows}, "out": out, "listener": listener,

@@ -40,3 +40,6 @@ c.GenerateFeedback.preprocessors = [
     "fpnlab.grade.SanitizeFeedback",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
+# Times in the grading logs (grading/logs/), so a slow notebook shows where its time went.
+c.Application.log_format = "%(asctime)s.%(msecs)03d [%(name)s | %(levelname)s] %(message)s"
+c.Application.log_datefmt = "%H:%M:%S"
