@@ -3,6 +3,7 @@ plain `nbgrader autograde` on the same class."""
 from __future__ import annotations
 
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -16,9 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASS_LESSON = "01-preprocessing"
 
 
-def _grade(lesson: str, submissions: Path, out: Path, workers: int) -> float:
+def _grade(lesson: str, submissions: Path, out: Path, workers: int, cold: bool = False) -> float:
     cmd = [sys.executable, "-m", "fpnlab.cli", "grade", lesson, str(submissions), "--out", str(out),
-           "--workers", str(workers), "--no-progress"]
+           "--workers", str(workers), "--no-progress"] + (["--cold-kernels"] if cold else [])
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - t
@@ -42,10 +43,18 @@ def measure(repeat: int, class_size: int) -> dict:
         # 1. one student's whole course (7 notebooks, the solutions: every test runs)
         course = tmp / "course-subs"
         _student_folder(course, "s000", assignments())
-        runs = [_grade("all", course, tmp / f"course-out-{i}", workers=1) for i in range(repeat)]
-        out["course_per_student_runs_s"] = runs
-        out["course_per_student_s"] = sorted(runs)[len(runs) // 2]
-        print(f"  whole course, one student: {out['course_per_student_s']:.1f} s", flush=True)
+        # (warm and cold interleaved, so drift hits both alike; a fresh --out each time)
+        runs, cold = [], []
+        for i in range(repeat):
+            runs.append(_grade("all", course, tmp / f"course-out-{i}", workers=1))
+            cold.append(_grade("all", course, tmp / f"course-cold-{i}", workers=1, cold=True))
+        out["course_per_student_runs_s"], out["course_cold_runs_s"] = runs, cold
+        out["course_per_student_s"] = statistics.median(runs)
+        out["course_cold_kernels_s"] = statistics.median(cold)
+        out["course_2_workers_s"] = _grade("all", course, tmp / "course-out-w2", workers=2)
+        print(f"  whole course, one student: {out['course_per_student_s']:.1f} s warm, "
+              f"{out['course_cold_kernels_s']:.1f} s cold kernels, "
+              f"{out['course_2_workers_s']:.1f} s warm with 2 workers", flush=True)
 
         # 2. a class of one stage, 1 and 2 workers, one run each (minutes per run)
         klass = tmp / "class-subs"

@@ -11,7 +11,9 @@ What nbgrader does not do by itself, and this module adds (see autograder/README
   a status and a 0 without reaching nbgrader; outputs are dropped, duplicated grade cells are
   turned into plain cells (nbgrader #1083), the kernelspec is the course's;
 - runs learner code only in the bubblewrap kernel of :mod:`fpnlab.sandbox` (no network, no
-  repository, course directory, gradebook or other submissions, rlimits, a wall-clock limit);
+  repository, course directory, gradebook or other submissions, rlimits, a wall-clock limit),
+  one warm sandbox per student that imports torch once and forks a kernel per notebook
+  (:mod:`fpnlab.warmkernel`);
 - grades ``--workers N`` shards at once, each an nbgrader course of its own with its own sqlite
   gradebook, and merges them into ``OUT/gradebook.db`` from this one process;
 - writes feedback HTML without hidden tests or tracebacks (nbgrader #1363), but with each failed
