@@ -275,7 +275,7 @@ def _launch_warm(kernel_argv: List[str], connection_file: str, limits: Limits, u
     sock.sendall((json.dumps({"connection_file": connection_file, "args": args}) + "\n").encode())
     replies = sock.makefile("r")
     code: Optional[int] = None
-    sock.settimeout(max(0.0, limits.timeout - (time.monotonic() - start)))
+    sock.settimeout(max(0.1, limits.timeout - (time.monotonic() - start)))   # 0 = non-blocking
     try:
         for line in replies:
             message = json.loads(line)

@@ -91,7 +91,10 @@ def serve(path: str, idle: float = IDLE) -> int:
             child = (pid, conn)
         elif not child and time.monotonic() - last > idle:
             server.close()
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except OSError:                           # the grader removed the folder
+                pass
             return 0
 
 
@@ -165,17 +168,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def stop(state_folder: Optional[str]) -> None:
-    """Kill the zygote this status folder records (the whole sandbox), if it still runs."""
+def stop(state_folder: Optional[str], wait: float = 5.0) -> None:
+    """Kill the zygote this status folder records (the whole sandbox), if it still runs, and wait
+    (up to ``wait`` seconds) until its keeper is gone, so that nothing of it outlives this call."""
     if not state_folder:
         return
     state = _read_state(state_folder)
     pid = state.get("pid")
     if isinstance(pid, int) and pid > 1 and _alive(pid):
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)            # the keeper and bwrap: the sandbox dies
         except (ProcessLookupError, PermissionError):
             pass
+        deadline = time.monotonic() + wait
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
     Path(state_folder, STATE_NAME).unlink(missing_ok=True)
 
 
