@@ -53,6 +53,12 @@ def serve(path: str, idle: float = IDLE) -> int:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    if sys.modules["torch"].cuda.is_initialized():
+        # A process that has initialised CUDA cannot hand it to a forked child: the kernels
+        # would lose the GPU. (Nothing in PRELOAD does; this says so if that ever changes.)
+        print("fpnlab warm kernel: CUDA was initialised while preloading; use --cold-kernels",
+              file=sys.stderr)
+        return 3
     if os.path.lexists(path):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -229,6 +229,15 @@ def test_cli_missing_submissions_and_bad_workers(tmp_path, course, capsys):
     assert e.value.code == 2
 
 
+def test_cli_warm_kernels_by_default_and_cold_on_request(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(G, "grade", lambda *a, settings, **k: seen.append(settings) or [])
+    base = ["grade", toy.LESSON, str(tmp_path), "--out", str(tmp_path / "out")]
+    for extra in ([], ["--cold-kernels"], ["--unsafe-no-sandbox"]):
+        assert cli.main(base + extra) == 0
+    assert [(s.warm, s.sandbox) for s in seen] == [(True, True), (False, True), (True, False)]
+
+
 def test_cli_refuses_to_grade_without_bubblewrap(tmp_path, course, capsys, monkeypatch):
     monkeypatch.setattr(sandbox, "bwrap_available", lambda: None)
     (tmp_path / "subs").mkdir()
@@ -459,3 +468,17 @@ def test_a_students_notebooks_share_a_warm_sandbox_and_students_share_nothing(tm
         assert _seen(out, student, toy.LESSON) == 0                  # nothing of the other student
         assert _seen(out, student, toy.LESSON + "-b") == (1 if warm else 0)
     assert _warm_processes() == []                                    # no sandbox outlives grading
+
+
+def test_the_warm_preload_leaves_cuda_uninitialised_so_forked_kernels_keep_the_gpu():
+    """(On a GPU machine this is the check that matters; on a CPU one it still runs the preload.)"""
+    import subprocess
+
+    from fpnlab import warmkernel
+
+    code = ("import importlib, sys\n"
+            f"for name in {warmkernel.PRELOAD!r}:\n    importlib.import_module(name)\n"
+            "import torch\nprint('INIT', torch.cuda.is_initialized())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "INIT False" in out.stdout
