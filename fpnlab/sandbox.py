@@ -19,6 +19,11 @@
    ``killed`` with the signal) to ``FPNLAB_SANDBOX_STATUS``/``<student>--<lesson>.json`` (nbgrader
    starts each kernel in ``autograded/<student>/<lesson>``).
 
+With ``Limits.warm`` (what ``fpnlab grade`` uses) steps 2 and 3 run once per student: the sandbox
+holds a Python that has imported torch, which forks a kernel per notebook
+(:mod:`fpnlab.warmkernel`); the launcher asks it for a kernel and waits for its exit code, and
+stops the whole sandbox on a timeout or before another student's notebook.
+
 Settings come from ``FPNLAB_SANDBOX_*`` environment variables, set by the grader in nbgrader's
 environment; none of them reaches the learner's code (the sandbox starts from an empty
 environment). Nothing here imports torch.
@@ -232,13 +237,17 @@ def launch(kernel_argv: List[str], connection_file: str, limits: Limits,
                       limit=limits.timeout)
         code = -signal.SIGKILL
     else:
-        took = round(time.monotonic() - start, 2)
-        if code < 0 or code >= 128:
-            sig = -code if code < 0 else code - 128
-            _write_status(status_path, status="killed", signal=sig, seconds=took)
-        else:
-            _write_status(status_path, status="ok", exit_code=code, seconds=took)
+        _report_exit(status_path, code, round(time.monotonic() - start, 2))
     return code
+
+
+def _report_exit(status_path: Optional[str], code: int, took: float) -> None:
+    """``ok`` with the exit code, or ``killed`` with the signal (negative or 128 + signal)."""
+    if code < 0 or code >= 128:
+        sig = -code if code < 0 else code - 128
+        _write_status(status_path, status="killed", signal=sig, seconds=took)
+    else:
+        _write_status(status_path, status="ok", exit_code=code, seconds=took)
 
 
 def _launch_warm(kernel_argv: List[str], connection_file: str, limits: Limits, uid: Optional[int],
@@ -271,7 +280,7 @@ def _launch_warm(kernel_argv: List[str], connection_file: str, limits: Limits, u
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # interrupts travel as kernel messages
-    args = [a for a in kernel_argv[kernel_argv.index("-f") + 2:]]
+    args = kernel_argv[kernel_argv.index("-f") + 2:]           # what follows -f CONNECTION_FILE
     sock.sendall((json.dumps({"connection_file": connection_file, "args": args}) + "\n").encode())
     replies = sock.makefile("r")
     code: Optional[int] = None
@@ -293,11 +302,7 @@ def _launch_warm(kernel_argv: List[str], connection_file: str, limits: Limits, u
         warmkernel.stop(state_folder)
         _write_status(status_path, status="killed", signal=signal.SIGKILL, seconds=took)
         return -signal.SIGKILL
-    if code < 0 or code >= 128:
-        sig = -code if code < 0 else code - 128
-        _write_status(status_path, status="killed", signal=sig, seconds=took)
-    else:
-        _write_status(status_path, status="ok", exit_code=code, seconds=took)
+    _report_exit(status_path, code, took)
     return code
 
 

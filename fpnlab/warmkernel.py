@@ -48,7 +48,11 @@ PRELOAD = ("torch", "torchvision", "numpy", "ipykernel.kernelapp", "fpnlab", "fp
 # ----------------------------------------------------------------------------- inside the sandbox
 
 def serve(path: str, idle: float = IDLE) -> int:
-    """The zygote: import, listen on ``path``, fork one kernel per request, one at a time."""
+    """The zygote: import, listen on ``path``, fork one kernel per request, one at a time.
+
+    The preload leaves the process single-threaded (a fork copies only the calling thread) and
+    CUDA uninitialised (a forked child could not use it).
+    """
     import importlib
 
     for name in PRELOAD:
@@ -84,7 +88,9 @@ def serve(path: str, idle: float = IDLE) -> int:
                 _end(child[0], child[1], _kill_child(child[0]))
                 child = None
             try:
+                conn.settimeout(10)                   # a request is one line, sent at once
                 request = json.loads(conn.makefile("r").readline())
+                conn.settimeout(None)
             except (ValueError, OSError):
                 conn.close()
                 continue

@@ -470,15 +470,19 @@ def test_a_students_notebooks_share_a_warm_sandbox_and_students_share_nothing(tm
     assert _warm_processes() == []                                    # no sandbox outlives grading
 
 
-def test_the_warm_preload_leaves_cuda_uninitialised_so_forked_kernels_keep_the_gpu():
-    """(On a GPU machine this is the check that matters; on a CPU one it still runs the preload.)"""
+def test_the_warm_preload_leaves_one_thread_and_cuda_uninitialised():
+    """A fork copies only the calling thread, and a child cannot use CUDA its parent initialised.
+    (The CUDA half matters on a GPU machine; on a CPU one it still runs the preload.)"""
     import subprocess
 
     from fpnlab import warmkernel
 
     code = ("import importlib, sys\n"
             f"for name in {warmkernel.PRELOAD!r}:\n    importlib.import_module(name)\n"
-            "import torch\nprint('INIT', torch.cuda.is_initialized())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+            "import os, torch\nprint('INIT', torch.cuda.is_initialized())\n"
+            "print('THREADS', len(os.listdir('/proc/self/task')))")
+    env = dict(os.environ, **{var: "1" for var in sandbox.THREAD_VARS})    # as in the sandbox
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "INIT False" in out.stdout
+    assert "INIT False" in out.stdout and "THREADS 1" in out.stdout
