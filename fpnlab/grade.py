@@ -463,6 +463,13 @@ class Shard:
         if kernel.get("status") == "timeout":
             row.status = "timeout"
             row.detail = _join(row.detail, f"stopped after {kernel.get('limit', 0):g} s")
+        elif kernel.get("status") == "error":              # the sandbox could not start
+            row.status = "error"
+            why = str(kernel.get("detail", "the sandbox did not start"))
+            if "warm sandbox" in why:
+                why += (f" (log: grading/logs/{self.run_id}-shard{self.index}-"
+                        f"warm-{job.student_id}.log)")
+            row.detail = _join(row.detail, why)
         elif kernel.get("status") == "killed":
             row.status = "killed"
             row.detail = _join(row.detail, f"kernel killed by signal {kernel.get('signal')}")

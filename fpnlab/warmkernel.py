@@ -232,8 +232,8 @@ def connect(student: str, state_folder: str, runtime: str, command: list,
             # (a process just started may not have exec'd bwrap yet: ask Popen, not /proc)
             if (proc.poll() is not None) if proc is not None else not _alive(state["pid"]):
                 stop(state_folder)
-                raise OSError(f"the warm kernel of {student} ended while starting "
-                              f"(log: {log_path})") from None
+                raise OSError(f"the warm sandbox of {student} ended while starting: "
+                              f"{_last_line(log_path)}") from None
             if time.monotonic() > deadline:
                 stop(state_folder)
                 raise OSError(f"the warm kernel of {student} did not start in {startup:.0f} s")
@@ -245,6 +245,15 @@ def keep(command: list) -> int:
     the keeper kills the sandbox."""
     proc = subprocess.Popen(command)
     return proc.wait()
+
+
+def _last_line(path: Optional[str]) -> str:
+    """The last non-empty line of a log (the error, when Python died), or ''."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines()]
+    except (OSError, TypeError):
+        return ""
+    return next((ln for ln in reversed(lines) if ln), "")[:300]
 
 
 def main(argv=None) -> int:

@@ -486,3 +486,18 @@ def test_the_warm_preload_leaves_one_thread_and_cuda_uninitialised():
                          env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "INIT False" in out.stdout and "THREADS 1" in out.stdout
+
+
+@needs_bwrap
+def test_a_warm_sandbox_that_cannot_start_is_an_error_row_that_says_why(tmp_path, course):
+    """1 GB of address space cannot hold torch: the preload fails, the row says so (not a 0)."""
+    subs = toy.class_of(tmp_path / "subs", {"ann": toy.with_answer(toy.SOLUTION)})
+    rows = G.grade(toy.LESSON, subs, tmp_path / "out", source=course, progress=False,
+                   settings=G.Settings(timeout=60, memory=1 << 30))
+    (row,) = rows
+    assert (row.status, row.score) == ("error", 0.0), row
+    assert "warm sandbox of ann ended while starting" in row.detail
+    assert "Error" in row.detail.split("starting:")[1]                # the preload's own error
+    log = row.detail.split("(log: ")[1].rstrip(")")
+    assert "Error" in (tmp_path / "out" / log).read_text()           # the log it names exists
+    assert _warm_processes() == []
