@@ -42,6 +42,7 @@ def measure(repeat: int, class_size: int) -> dict:
         tmp = Path(tmp)
         # 1. one student's whole course (7 notebooks, the solutions: every test runs)
         course = tmp / "course-subs"
+        out["course_notebooks"] = len(assignments())
         _student_folder(course, "s000", assignments())
         # (warm and cold interleaved, so drift hits both alike; a fresh --out each time)
         runs, cold = [], []

@@ -100,7 +100,7 @@ def targets(figures: dict) -> list:
     g = figures.get("grading", {})
     if fl and g.get("course_per_student_s"):
         # The course is 7 notebooks, each graded in a kernel of its own: its floor is 7 floors.
-        n = len(figures.get("notebooks") or {}) or 7
+        n = g.get("course_notebooks", 7)
         out.append(at_most(f"whole-course grading per student / ({n} x floor)",
                            g["course_per_student_s"] / (n * fl), 1.5, "x"))
     if g.get("speedup_2_workers"):
@@ -137,9 +137,10 @@ def report(figures: dict, targs: list) -> str:
         if isinstance(value, float):
             lines.append(f"grading {key:<43} {value:.3f}")
     if fl and g.get("course_per_student_s"):
-        lines.append(f"grading whole course / one floor                   "
-                     f"{g['course_per_student_s'] / fl['median_s']:.1f}x (warm), "
-                     f"{g.get('course_cold_kernels_s', 0) / fl['median_s']:.1f}x (cold kernels)")
+        multiples = f"{g['course_per_student_s'] / fl['median_s']:.1f}x (warm)"
+        if g.get("course_cold_kernels_s"):
+            multiples += f", {g['course_cold_kernels_s'] / fl['median_s']:.1f}x (cold kernels)"
+        lines.append(f"grading whole course / one floor                   {multiples}")
     for key, value in figures.get("shapes", {}).items():
         if isinstance(value, float):
             lines.append(f"shapes {key:<44} {fmt_seconds(value) if key.endswith('_s') else f'{value:.1f}x'}")

@@ -466,9 +466,8 @@ class Shard:
         elif kernel.get("status") == "error":              # the sandbox could not start
             row.status = "error"
             why = str(kernel.get("detail", "the sandbox did not start"))
-            if "warm sandbox" in why:
-                why += (f" (log: grading/logs/{self.run_id}-shard{self.index}-"
-                        f"warm-{job.student_id}.log)")
+            if kernel.get("log"):                           # the shard's logs, as merged into OUT
+                why += f" (log: grading/logs/{self.run_id}-shard{self.index}-{kernel['log']})"
             row.detail = _join(row.detail, why)
         elif kernel.get("status") == "killed":
             row.status = "killed"

@@ -263,13 +263,13 @@ def _launch_warm(kernel_argv: List[str], connection_file: str, limits: Limits, u
     command = bwrap_command(bwrap, runtime, limits, inner, as_root=uid is not None)
     logs = Path(state_folder).parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    log = f"warm-{student}.log"
     start = time.monotonic()
     try:
-        sock = warmkernel.connect(student, state_folder, runtime, command,
-                                  str(logs / f"warm-{student}.log"))
+        sock = warmkernel.connect(student, state_folder, runtime, command, str(logs / log))
     except OSError as e:
         print(f"fpnlab sandbox: {e}", file=sys.stderr)
-        _write_status(status_path, status="error", detail=str(e))
+        _write_status(status_path, status="error", detail=str(e), log=log)
         return 2
 
     def stop(signum, _frame):

@@ -47,16 +47,18 @@ PRELOAD = ("torch", "torchvision", "numpy", "ipykernel.kernelapp", "fpnlab", "fp
 
 # ----------------------------------------------------------------------------- inside the sandbox
 
-def serve(path: str, idle: float = IDLE) -> int:
-    """The zygote: import, listen on ``path``, fork one kernel per request, one at a time.
-
-    The preload leaves the process single-threaded (a fork copies only the calling thread) and
-    CUDA uninitialised (a forked child could not use it).
-    """
+def preload() -> None:
+    """Import what every kernel needs. It leaves the process single-threaded (a fork copies only
+    the calling thread) and CUDA uninitialised (a forked child could not use it)."""
     import importlib
 
     for name in PRELOAD:
         importlib.import_module(name)
+
+
+def serve(path: str, idle: float = IDLE) -> int:
+    """The zygote: :func:`preload`, listen on ``path``, fork one kernel per request, one at a time."""
+    preload()
     if sys.modules["torch"].cuda.is_initialized():
         # A process that has initialised CUDA cannot hand it to a forked child: the kernels
         # would lose the GPU. (Nothing in PRELOAD does; this says so if that ever changes.)
@@ -80,12 +82,12 @@ def serve(path: str, idle: float = IDLE) -> int:
                 child, last = None, time.monotonic()
             elif conn in ready and not conn.recv(1):
                 # The launcher is gone (killed): so goes its kernel.
-                _end(pid, conn, _kill_child(pid))
+                _end(pid, conn, _reap(pid))
                 child, last = None, time.monotonic()
         if server in ready:
             conn, _ = server.accept()
             if child:                                 # a kernel the grader gave up on
-                _end(child[0], child[1], _kill_child(child[0]))
+                _end(child[0], child[1], _reap(child[0]))
                 child = None
             try:
                 conn.settimeout(10)                   # a request is one line, sent at once
@@ -117,20 +119,22 @@ def _send(conn: socket.socket, message: dict) -> None:
         pass
 
 
-def _end(pid: int, conn: socket.socket, code: int) -> None:
+def _kill_session(pid: int) -> None:
     try:
-        os.killpg(pid, signal.SIGKILL)                # what the kernel left in its session
+        os.killpg(pid, signal.SIGKILL)                # the kernel's session: it and what it left
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _end(pid: int, conn: socket.socket, code: int) -> None:
+    _kill_session(pid)
     _send(conn, {"exit": code})
     conn.close()
 
 
-def _kill_child(pid: int) -> int:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _reap(pid: int) -> int:
+    """Kill a kernel still running and return its exit code."""
+    _kill_session(pid)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
@@ -141,7 +145,7 @@ def _become_kernel(request: dict) -> None:
     try:
         os.setsid()
         os.chdir(os.environ.get("HOME", "/"))
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.argv = ["ipykernel_launcher", "-f", request["connection_file"], *request.get("args", [])]
@@ -236,7 +240,7 @@ def connect(student: str, state_folder: str, runtime: str, command: list,
                               f"{_last_line(log_path)}") from None
             if time.monotonic() > deadline:
                 stop(state_folder)
-                raise OSError(f"the warm kernel of {student} did not start in {startup:.0f} s")
+                raise OSError(f"the warm sandbox of {student} did not start in {startup:.0f} s")
             time.sleep(0.02)
 
 

@@ -7,7 +7,8 @@ def _figures(course_s, speedup, meta_s):
     return {
         "floor": {"median_s": 3.0},
         "notebooks": {f"0{i}": {"median_s": 4.0} for i in range(1, 8)},
-        "grading": {"course_per_student_s": course_s, "course_cold_kernels_s": 50.0,
+        "grading": {"course_notebooks": 7, "course_per_student_s": course_s,
+                    "course_cold_kernels_s": 50.0,
                     "speedup_2_workers": speedup, "ratio_vs_nbgrader": 0.7,
                     "ratio_1_worker_vs_nbgrader": 1.2},
         "shapes": {"ratio_cpu_over_meta_480x576": 0.5 / meta_s, "meta_1333x1333_s": meta_s},

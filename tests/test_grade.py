@@ -475,10 +475,7 @@ def test_the_warm_preload_leaves_one_thread_and_cuda_uninitialised():
     (The CUDA half matters on a GPU machine; on a CPU one it still runs the preload.)"""
     import subprocess
 
-    from fpnlab import warmkernel
-
-    code = ("import importlib, sys\n"
-            f"for name in {warmkernel.PRELOAD!r}:\n    importlib.import_module(name)\n"
+    code = ("from fpnlab.warmkernel import preload\npreload()\n"
             "import os, torch\nprint('INIT', torch.cuda.is_initialized())\n"
             "print('THREADS', len(os.listdir('/proc/self/task')))")
     env = dict(os.environ, **{var: "1" for var in sandbox.THREAD_VARS})    # as in the sandbox
