@@ -1,4 +1,6 @@
-"""A real nbgrader round trip in a scratch course directory: generate, submit, autograde, score.
+"""A real nbgrader round trip in a scratch course directory: generate, submit, autograde, judge,
+score. As in ``fpnlab grade``, the kernel only hands its results over and the trusted judge
+(``autograder/judge.py``) decides every test cell's points.
 
 The tests use it to prove that each assignment grades both ways: the solution earns every point,
 the unmodified release earns none, and a partly wrong submission loses exactly its wrong part.
@@ -12,6 +14,7 @@ from typing import Dict, Mapping
 
 import nbformat
 
+from . import judge as judging
 from .release import ROOT, nbgrader
 
 
@@ -31,7 +34,10 @@ class Course:
         if not (self.path / "solutions").exists():
             shutil.copytree(root / "solutions", self.path / "solutions",
                             ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+            for path in (self.path / "solutions").glob("*/*.ipynb"):     # the grader's copy
+                nbformat.write(judging.inject(nbformat.read(str(path), as_version=4)), str(path))
         self._generated: set[str] = set()
+        self._judge: judging.Client | None = None
 
     def generate(self, assignment: str) -> Path:
         """Generate the release (and gradebook entry) of ``assignment``; returns its folder."""
@@ -65,6 +71,14 @@ class Course:
         # nbgrader's --student is one id or a glob, not a list: grade every submission of this
         # assignment in one run (a list "a,b" matches no folder).
         nbgrader(["autograde", assignment, "--force", "--create", "--student=*"], self.path)
+        if self._judge is None:
+            self._judge = judging.Client()
+        source = self.path / "solutions" / assignment / name
+        from fpnlab.grade import strip_hidden
+        self.verdicts: Dict[str, list] = {}
+        for student in submissions:           # what the judge said of each test cell
+            _, self.verdicts[student] = judging.apply(self.path, assignment, student, name, source,
+                                                      self._judge, strip_hidden)
         return {s: self.score(assignment, s) for s in submissions}
 
     def score(self, assignment: str, student: str) -> Result:

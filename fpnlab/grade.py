@@ -48,6 +48,11 @@ import nbformat
 from . import sandbox, warmkernel
 
 ROOT = Path(__file__).resolve().parent.parent
+try:
+    from autograder import judge as judging
+except ImportError:              # `fpnlab grade` run from outside the repository
+    sys.path.insert(0, str(ROOT))
+    from autograder import judge as judging
 COURSE_CONFIG = ROOT / "autograder" / "nbgrader_config.py"
 GRADING_CONFIG = ROOT / "autograder" / "grading" / "nbgrader_config.py"
 
@@ -61,11 +66,15 @@ STATUSES = {
     "timeout": "the notebook ran longer than the wall-clock limit and was stopped",
     "killed": "the kernel died (killed by a signal: memory, a crash)",
     "error": "nbgrader could not grade it (see detail); graded again on the next run",
+    "duplicate-id": "two or more files claim this student's notebook for this lesson (detail "
+                    "names them): none is graded, and an earlier grade is kept",
 }
 CSV_FIELDS = ["student_id", "lesson", "score", "max_score", "status", "detail", "sha256",
               "source_sha256", "graded_at"]
-STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
+# The whole name (fullmatch, \Z: "$" would also match before a trailing newline).
+STUDENT_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}\Z")
 INTEGRITY_MARK = "fpnlab grader: integrity check"
+GRADER_MARKS = (INTEGRITY_MARK, judging.HANDOVER_MARK)    # lines the grader adds to test cells
 MAX_OUTPUT = 2 << 20          # bytes of cell output one notebook may send back
 MAX_ZIP = 2 << 30             # bytes a zip may unpack to
 
@@ -121,17 +130,8 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def inject_integrity(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Every graded test cell first checks that nothing it uses was monkeypatched."""
-    for cell in nb.cells:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if cell.cell_type == "code" and meta.get("grade") and INTEGRITY_MARK not in cell.source:
-            cell.source = sandbox.INTEGRITY_LINE + "\n" + cell.source
-    return nb
-
-
 def prepare_course(out: Path, source: Path, lessons: List[str]) -> Dict[str, str]:
-    """OUT as an nbgrader course: the grader's copy of the source (integrity line added),
+    """OUT as an nbgrader course: the grader's copy of the source (each test cell hands over),
     the config, the gradebook with each lesson generated. Returns lesson -> source hash."""
     out.mkdir(parents=True, exist_ok=True)
     write_config(out)
@@ -151,7 +151,7 @@ def prepare_course(out: Path, source: Path, lessons: List[str]) -> Dict[str, str
         shutil.copytree(source / lesson, dest,
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
-        nbformat.write(inject_integrity(nb), str(dest / name))
+        nbformat.write(judging.inject(nb), str(dest / name))
         changed.append(lesson)
     if changed:
         # One nbgrader process (its start-up costs about 2 s): several lessons go as the glob
@@ -200,16 +200,60 @@ def run_nbgrader(args: List[str], course: Path, env: Optional[dict] = None, chec
 # ----------------------------------------------------------------------------- submissions
 
 ZIP_PATTERN = r"^(?P<student_id>[^_]+)_"
+INTAKE = ".fpnlab-intake.json"     # unpack_zip's record for collect, next to the unpacked folder
+
+
+def _intake_path(folder: Path) -> Path:
+    """Where :func:`unpack_zip` records what it refused: ``inbox`` -> ``inbox.fpnlab-intake.json``."""
+    return folder.parent / (folder.name + INTAKE)
+
+
+class DuplicateClaim(Exception):
+    """Several files claim one student's notebook for one lesson: none of them is graded."""
+
+    def __init__(self, names: List[str]):
+        super().__init__(", ".join(names))
+        self.names = names
+
+
+def shown_id(sid: str) -> str:
+    """``sid`` as a row may hold it: itself when valid, else escaped (repr, so a newline reads
+    ``\\n``), never hidden, empty, '..' or longer than a file name allows."""
+    if STUDENT_ID.fullmatch(sid):
+        return sid
+    shown = repr(sid)[1:-1][:120]
+    return shown if shown and not shown.startswith(".") else "?" + shown
+
+
+def _kind(path: Path) -> Optional[str]:
+    """'link', 'dir', 'file' or 'other' for ``path`` itself (a symlink is never followed), or
+    None when there is nothing there."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        return "link"
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
 
 
 def unpack_zip(zpath: Path, dest: Path, pattern: str = ZIP_PATTERN) -> Path:
-    """Unpack an LMS zip safely (no absolute paths, no '..', a size cap) into ``dest``.
+    """Unpack an LMS zip safely (no absolute paths, no '..', no symlinks, a size cap) into ``dest``.
 
     Entries inside folders keep their layout (``<student>/<lesson>/<nb>.ipynb``). A flat entry
     goes to ``<student>/<its name>`` where ``pattern`` (a regular expression with a group
     ``student_id``, searched in the file name) finds the student id; by default the text before
     the first underscore: ``<student>_<anything>.ipynb``. Entries it does not match are skipped.
+    What the group captures must be a whole student id (``STUDENT_ID``), else the entry is refused.
+    Symlink entries are refused, never unpacked, and an entry name seen twice is unpacked once.
+    ``<dest>.fpnlab-intake.json`` (next to ``dest``) records, for :func:`collect`, the refused
+    entries, the repeated names and which flat entries went to which student (two files
+    claiming one student's lesson are a ``duplicate-id``, not a silent winner).
     """
+    import stat
+
     try:
         regex = re.compile(pattern)
     except re.error as e:
@@ -222,8 +266,12 @@ def unpack_zip(zpath: Path, dest: Path, pattern: str = ZIP_PATTERN) -> Path:
         raise UsageError(f"{zpath} is not a readable zip file ({e})") from None
     if dest.exists():
         shutil.rmtree(dest)
+    _intake_path(dest).unlink(missing_ok=True)
     dest.mkdir(parents=True)
     total = 0
+    refused: List[dict] = []
+    flat: Dict[str, List[str]] = {}
+    written: Dict[str, List[str]] = {}        # "<student>/<...>" -> the entries of that name
     with zf:
         for info in zf.infolist():
             if info.is_dir():
@@ -235,80 +283,257 @@ def unpack_zip(zpath: Path, dest: Path, pattern: str = ZIP_PATTERN) -> Path:
             total += info.file_size
             if total > MAX_ZIP:
                 raise UsageError(f"{zpath} unpacks to more than {MAX_ZIP >> 20} MB")
-            if len(parts) == 1:
+            is_flat = len(parts) == 1
+            if is_flat:
                 match = regex.search(parts[0])
                 if not match or not match.group("student_id"):
                     continue
-                parts = [match.group("student_id"), parts[0]]
+                sid = match.group("student_id")
+                if not STUDENT_ID.fullmatch(sid):
+                    refused.append({"student_id": sid, "path": parts[0], "entry": info.filename,
+                                    "why": f"--zip-pattern took {sid!r} from {info.filename!r}, "
+                                           "which is not a whole student id"})
+                    continue
+                parts = [sid, parts[0]]
+            rel = "/".join(parts)
+            if stat.S_ISLNK(info.external_attr >> 16):
+                refused.append({"student_id": parts[0], "path": rel, "entry": info.filename,
+                                "why": f"zip entry {info.filename!r} is a symlink: not unpacked"})
+                continue
+            if rel in written:
+                written[rel].append(info.filename)
+                continue
             target = dest.joinpath(*parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # "x": a new file, never through anything already there
+                with zf.open(info) as src, open(target, "xb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
+                if _kind(target) == "file":
+                    target.unlink()
+                refused.append({"student_id": parts[0], "path": rel, "entry": info.filename,
+                                "why": f"zip entry {info.filename!r} could not be unpacked "
+                                       f"({type(e).__name__}: {e})"[:300]})
+                continue
+            written[rel] = [info.filename]
+            if is_flat:
+                flat.setdefault(parts[0], []).append(parts[1])
+    record = {"refused": refused, "flat": flat,
+              "repeated": {rel: names for rel, names in written.items() if len(names) > 1}}
+    _intake_path(dest).write_text(json.dumps(record, indent=1))
     return dest
 
 
+def _intake(submissions: Path) -> dict:
+    """What :func:`unpack_zip` recorded about ``submissions`` (nothing for a plain folder)."""
+    record = {"refused": [], "flat": {}, "repeated": {}}
+    path = _intake_path(submissions)
+    if _kind(path) == "file":
+        try:
+            got = json.loads(path.read_text())
+            record.update({k: got[k] for k in record if isinstance(got.get(k), type(record[k]))})
+        except (OSError, ValueError):
+            pass
+    return record
+
+
+def _claims(name: str, lesson: str, expected: str, lessons: List[str]) -> bool:
+    """Whether a notebook called ``name`` says it is ``lesson``'s. LMS downloads decorate names
+    ("01-preprocessing-1.ipynb", "copy of 01-preprocessing"): the longest lesson name found in
+    the file name says whose notebook it is."""
+    stem = Path(expected).stem
+    found = [n for n in set(lessons) | {stem, lesson} if n in Path(name).stem]
+    return bool(found) and max(found, key=len) in (stem, lesson)
+
+
 def collect(submissions: Path, lessons: List[str], source: Path, max_bytes: int) -> List[Job]:
-    """One Job per (student folder, lesson)."""
-    jobs = []
-    for student_dir in sorted(p for p in submissions.iterdir()
-                              if p.is_dir() and not p.name.startswith(".")):
-        sid = student_dir.name
-        for lesson in lessons:
-            job = Job(sid, lesson)
-            jobs.append(job)
-            if not STUDENT_ID.match(sid):
-                job.status, job.detail = "invalid-notebook", f"unusable student id {sid!r}"
+    """One Job per (student folder, lesson), and per student of a zip entry :func:`unpack_zip`
+    refused. Nothing is followed through a symlink; a bad id, a symlink or two files claiming
+    one (student, lesson) settle that row's status without touching the others."""
+    intake = _intake(submissions)
+    students: Dict[str, Optional[str]] = {}
+    with os.scandir(submissions) as it:
+        for entry in it:
+            if entry.name.startswith("."):
                 continue
-            expected = notebook_name(source, lesson)
-            job.path, job.detail = find_notebook(student_dir, lesson, expected, lessons)
+            if entry.is_symlink():
+                students[entry.name] = "link"
+            elif entry.is_dir(follow_symlinks=False):
+                students[entry.name] = "dir"
+    for r in intake["refused"]:
+        if isinstance(r, dict) and isinstance(r.get("student_id"), str):
+            students.setdefault(r["student_id"], None)
+    expected = {lesson: notebook_name(source, lesson) for lesson in lessons}
+    jobs = []
+    for sid in sorted(students):
+        student_dir = submissions / sid
+        refused = [r for r in intake["refused"] if isinstance(r, dict) and r.get("student_id") == sid]
+        for lesson in lessons:
+            job = Job(shown_id(sid), lesson)
+            jobs.append(job)
+            if not STUDENT_ID.fullmatch(sid):
+                job.status = "invalid-notebook"
+                job.detail = _join(f"unusable student id {sid!r}", *(str(r.get("why", ""))
+                                                                    for r in refused[:1]))
+                continue
+            if students[sid] == "link":
+                job.status, job.detail = "invalid-notebook", f"{sid} is a symlink: not followed"
+                continue
+            bad = [r for r in refused if _refused_claims(r, sid, lesson, expected[lesson], lessons)]
+            if bad:
+                job.status, job.detail = "invalid-notebook", str(bad[0].get("why", "refused"))
+                continue
+            try:
+                job.path, job.detail = find_notebook(student_dir, lesson, expected[lesson], lessons)
+            except DuplicateClaim as e:
+                job.status = "duplicate-id"
+                job.detail = f"{len(e.names)} files claim {sid} / {lesson}: {', '.join(e.names)}"
+                continue
             if job.path is None:
                 job.status = "missing-notebook"
                 continue
-            read_submission(job, max_bytes)
+            rel = job.path.relative_to(submissions).as_posix()
+            others = [n for n in intake["flat"].get(sid, []) if isinstance(n, str)
+                      and f"{sid}/{n}" != rel and _claims(n, lesson, expected[lesson], lessons)]
+            repeated = intake["repeated"].get(rel)
+            if others or repeated:
+                names = [str(n) for n in repeated] if repeated else \
+                    [job.path.relative_to(student_dir).as_posix(), *others]
+                job.status, job.path = "duplicate-id", None
+                job.detail = (f"{len(names)} files claim {sid} / {lesson}: {', '.join(names)}"
+                              + (" (one name, several zip entries)" if repeated else ""))
+                continue
+            read_submission(job, max_bytes, root=submissions)
     return jobs
 
 
+def _refused_claims(r: dict, sid: str, lesson: str, expected: str, lessons: List[str]) -> bool:
+    """Whether the refused zip entry ``r`` of student ``sid`` would have been their ``lesson``."""
+    parts = str(r.get("path", "")).split("/")[1:] if "/" in str(r.get("path", "")) else \
+        [str(r.get("path", ""))]
+    if len(parts) > 1:
+        return parts[0] == lesson
+    name = parts[-1]
+    return name.endswith(".ipynb") and (name == expected or len(lessons) == 1
+                                        or _claims(name, lesson, expected, lessons))
+
+
 def _notebooks(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
+    """The notebooks in ``folder`` (symlinks too: they are refused when read, never followed)."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(folder / e.name for e in it if e.name.endswith(".ipynb")
+                          and not e.name.startswith(".")
+                          and (e.is_symlink() or e.is_file(follow_symlinks=False)))
+    except OSError:
+        return []
 
 
 def find_notebook(student_dir: Path, lesson: str, expected: str, lessons: List[str]
                   ) -> Tuple[Optional[Path], str]:
-    """The student's notebook for ``lesson`` and a note when it was found under another name."""
-    stem = Path(expected).stem
-    names = set(lessons) | {stem, lesson}
+    """The student's notebook for ``lesson`` and a note when it was found under another name.
 
-    def ours(p: Path) -> bool:
-        # LMS downloads decorate names: "01-preprocessing-1.ipynb", "copy of 01-preprocessing".
-        # The longest lesson name found in the file name says whose notebook it is.
-        found = [n for n in names if n in p.stem]
-        return bool(found) and max(found, key=len) in (stem, lesson)
-
-    for folder in (student_dir / lesson, student_dir):
+    A symlink found on the way (the lesson folder, the notebook) is returned as it is, for
+    :func:`read_submission` to refuse. Raises :class:`DuplicateClaim` when several notebooks
+    under other names claim the lesson and none has its name.
+    """
+    lesson_dir = student_dir / lesson
+    for folder in (lesson_dir, student_dir):
+        kind = _kind(folder)
+        if kind == "link":
+            return folder, ""
+        if kind != "dir":
+            continue
         exact = folder / expected
-        if exact.is_file():
+        if _kind(exact) in ("file", "link"):
             return exact, ""
-        candidates = _notebooks(folder) if folder.is_dir() else []
-        near = [p for p in candidates if ours(p)]
+        candidates = _notebooks(folder)
+        near = [p for p in candidates if _claims(p.name, lesson, expected, lessons)]
         if len(near) == 1:
             return near[0], f"graded {near[0].name} (expected {expected})"
-        if folder == student_dir / lesson and len(candidates) == 1:
+        if len(near) > 1:
+            raise DuplicateClaim([p.relative_to(student_dir).as_posix() for p in near])
+        if folder == lesson_dir and len(candidates) == 1:
             return candidates[0], f"graded {candidates[0].name} (expected {expected})"
-    flat = _notebooks(student_dir)
-    if len(lessons) == 1 and len(flat) == 1 and not (student_dir / lesson).is_dir():
+    flat = _notebooks(student_dir) if _kind(student_dir) == "dir" else []
+    if len(lessons) == 1 and len(flat) == 1 and _kind(lesson_dir) is None:
         return flat[0], f"graded {flat[0].name} (expected {expected})"
-    seen = sorted(str(p.relative_to(student_dir)) for p in student_dir.rglob("*")
-                  if p.is_file())[:5]
+    seen = []
+    if _kind(student_dir) == "dir":
+        for top, dirs, files in os.walk(student_dir):       # never into a symlinked folder
+            seen += [str((Path(top) / f).relative_to(student_dir)) for f in files]
+    seen = sorted(seen)[:5]
     return None, f"no {expected}; found {seen}" if seen else f"no {expected}; the folder is empty"
 
 
-def read_submission(job: Job, max_bytes: int) -> None:
-    """Read and clean the notebook, or set an invalid-notebook / too-large status."""
-    size = job.path.stat().st_size
-    if size > max_bytes:
-        job.status, job.detail = "too-large", f"{job.path.name}: {size} bytes > {max_bytes}"
+class _Refused(Exception):
+    """(status, detail): a submission refused while reading it."""
+
+
+def _read_below(root: Path, path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` below the folder ``root``, opened one component
+    at a time with O_NOFOLLOW (and read through that descriptor), so no symlink below ``root``
+    is followed, even one swapped in after :func:`find_notebook` looked. Raises :class:`_Refused`
+    (status, detail) for a symlink, a file that is not regular, or one over ``max_bytes``."""
+    import errno
+    import stat
+
+    parts = path.relative_to(root).parts
+    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_RDONLY | nofollow | (getattr(os, "O_NONBLOCK", 0) if last
+                                              else getattr(os, "O_DIRECTORY", 0))
+            try:
+                nfd = os.open(part, flags, dir_fd=fd)
+            except OSError as e:
+                try:
+                    link = stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+                except OSError:
+                    link = False
+                if link or e.errno in (errno.ELOOP, errno.EMLINK):
+                    raise _Refused("invalid-notebook",
+                                     f"{'/'.join(parts[:i + 1])} is a symlink: not followed") from None
+                raise
+            os.close(fd)
+            fd = nfd
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Refused("invalid-notebook", f"{path.name}: not a regular file")
+        if st.st_size > max_bytes:
+            raise _Refused("too-large", f"{path.name}: {st.st_size} bytes > {max_bytes}")
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_bytes:                      # it grew after fstat
+            raise _Refused("too-large", f"{path.name}: more than {max_bytes} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_submission(job: Job, max_bytes: int, root: Optional[Path] = None) -> None:
+    """Read and clean the notebook, or set an invalid-notebook / too-large status.
+
+    The file is read through a descriptor opened without following symlinks anywhere below
+    ``root`` (the submissions folder; by default the notebook's own folder): a symlinked
+    notebook or folder is ``invalid-notebook`` and never read."""
+    try:
+        raw = _read_below(Path(root) if root is not None else job.path.parent, job.path, max_bytes)
+    except _Refused as e:
+        job.status, job.detail = e.args
         return
-    raw = job.path.read_bytes()
+    except OSError as e:
+        job.status = "invalid-notebook"
+        job.detail = f"{job.path.name}: cannot be read ({e.strerror or type(e).__name__})"
+        return
     job.sha256 = _sha(raw)
     try:
         nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
@@ -449,7 +674,29 @@ class Shard:
             shutil.rmtree(dest, ignore_errors=True)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(self.path / "submitted" / job.student_id / job.lesson), str(dest))
-        return [self._row(job, names[job.lesson], proc, log) for job in jobs]
+        rows = [self._row(job, names[job.lesson], proc, log) for job in jobs]
+        for job, row in zip(jobs, rows):
+            if row.status == GRADED:
+                self._judge(job, row, names[job.lesson])
+        return rows
+
+    def _judge(self, job: Job, row: Row, name: str) -> None:
+        """The score from the trusted judge (never from the kernel's own pass/fail)."""
+        if getattr(self, "judge", None) is None:
+            self.judge = judging.Client()
+        source = self.path / "solutions" / job.lesson / name
+        try:
+            row.score, verdicts = judging.apply(self.path, job.lesson, job.student_id, name,
+                                                source, self.judge, strip_hidden)
+        except Exception as e:  # noqa: BLE001 (never a silent 0: an error row, retried next run)
+            row.status, row.score = "error", 0.0
+            row.detail = _join(row.detail, f"judge: {e}"[:300])
+            self.judge.close()
+            self.judge = None
+            return
+        folder = self.path / "grading" / "verdicts" / job.student_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{job.lesson}.json").write_text(json.dumps(verdicts, indent=1))
 
     def status(self, job: Job) -> Path:
         return Path(sandbox.status_file(str(self.status_dir),
@@ -478,10 +725,7 @@ class Shard:
             row.detail = _join(row.detail, f"{_nbgrader_error(proc)} (log: grading/logs/"
                                            f"{self.run_id}-shard{self.index}-{log.name})")
         if row.status == GRADED:
-            row.score, row.max_score = self.score(job.lesson, job.student_id)
-            tampered = _integrity_failures(autograded)
-            if tampered:
-                row.detail = _join(row.detail, tampered)
+            row.max_score = self.max_score(job.lesson)
         else:
             row.max_score = self.max_score(job.lesson)
         return row
@@ -528,18 +772,6 @@ def _nbgrader_error(proc: subprocess.CompletedProcess) -> str:
     return (lines[-1] if lines else f"nbgrader exited with {proc.returncode}")[:300]
 
 
-def _integrity_failures(path: Path) -> str:
-    try:
-        nb = nbformat.read(str(path), as_version=4)
-    except Exception:  # noqa: BLE001
-        return ""
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error" and out.get("ename") == "IntegrityError":
-                return "tampering: " + str(out.get("evalue", ""))[:200]
-    return ""
-
-
 # ----------------------------------------------------------------------------- merge
 
 def merge(out: Path, course: Path, lesson: str, students: List[str],
@@ -563,6 +795,10 @@ def merge(out: Path, course: Path, lesson: str, students: List[str],
                 if dst_dir.exists():
                     shutil.rmtree(dst_dir)
                 shutil.copytree(src_dir, dst_dir)
+        verdicts = course / "grading" / "verdicts" / student / f"{lesson}.json"
+        if verdicts.exists():                   # what the judge decided, cell by cell
+            (out / "grading" / "verdicts" / student).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(verdicts, out / "grading" / "verdicts" / student / verdicts.name)
 
 
 def _merge_db(out, course, lesson, students, Gradebook, MissingEntry) -> None:
@@ -729,14 +965,22 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
     rows: Dict[Tuple[str, str], Row] = dict(previous)
     todo: List[Job] = []
     decided: List[Row] = []
+    held: List[Row] = []                   # duplicate-id rows that keep an earlier grade
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for job in jobs:
         old = previous.get((job.student_id, job.lesson))
-        if (not force and old and job.sha256 and old.sha256 == job.sha256 and old.status != "error"
+        if (not force and old and job.sha256 and old.sha256 == job.sha256
+                and old.status not in ("error", "duplicate-id")
                 and old.source_sha256 == hashes[job.lesson]):
             continue                       # unchanged: keep its grade
         if job.status == "missing-notebook" and old and old.status == GRADED:
             continue                       # not in this download: keep the earlier grade
+        if job.status == "duplicate-id" and old and old.sha256 and old.status in (GRADED, job.status):
+            # two files claim it: flag the row, keep the earlier grade (gradebook and feedback too)
+            held.append(Row(**{**asdict(old), "status": job.status, "detail": _join(
+                job.detail, f"earlier grade {old.score:g}/{old.max_score:g} of {old.graded_at} kept")}))
+            rows[(job.student_id, job.lesson)] = held[-1]
+            continue
         if job.status:
             row = Row(job.student_id, job.lesson, 0.0, max_score(out, job.lesson), job.status,
                       job.detail, job.sha256, hashes[job.lesson], now)
@@ -755,7 +999,7 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
     kept = len(jobs) - len(decided) - len(todo)
     log(f"fpnlab grade: {len(graded)} notebooks graded, {len(decided)} not gradable, "
         f"{kept} unchanged (kept); grades in {out / 'grades.csv'}")
-    return decided + graded
+    return decided + held + graded
 
 
 CHUNK = 8   # notebooks per nbgrader process: its start-up (~2 s) is paid once per chunk
@@ -828,6 +1072,8 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
                     if r.status == GRADED:
                         r.detail = _join(r.detail, f"no feedback: {err}")
         finally:
+            if getattr(shard, "judge", None) is not None:
+                shard.judge.close()
             shard.close()
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -910,7 +1156,7 @@ def _preprocessors():
             for line in self._hidden:
                 if line in text:
                     text = text.replace(line, "[hidden test]")
-            for word in ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS", INTEGRITY_MARK):
+            for word in ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS", *GRADER_MARKS):
                 text = text.replace(word, "[hidden test]")
             return text
 
@@ -951,11 +1197,11 @@ def hidden_lines(source: str) -> List[str]:
 
 
 def strip_hidden(source: str) -> str:
-    """A test cell's source without hidden tests and without the grader's integrity line."""
+    """A test cell's source without hidden tests and without the lines the grader adds."""
     source = HIDDEN.sub("# (hidden tests: not shown)\n", source)
     if "### BEGIN HIDDEN TESTS" in source:          # unterminated: drop everything after it
         source = source.split("### BEGIN HIDDEN TESTS")[0] + "# (hidden tests: not shown)\n"
-    return "\n".join(ln for ln in source.splitlines() if INTEGRITY_MARK not in ln)
+    return "\n".join(ln for ln in source.splitlines() if not any(m in ln for m in GRADER_MARKS))
 
 
 def __getattr__(name):

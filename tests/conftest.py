@@ -70,14 +70,16 @@ def grade_both_ways(course: Course, assignment: str, mistakes: Iterable[Mistake]
     results = course.autograde(assignment, subs)
     sol, rel = results["solution"], results["release"]
     assert sol.max_score > 0
-    assert sol.score == sol.max_score, f"solution of {assignment} lost points: {sol.cells}"
+    assert sol.score == sol.max_score, (f"solution of {assignment} lost points: {sol.cells}; the "
+                                        f"judge: {course.verdicts['solution']}")
     assert rel.score == 0, f"blank release of {assignment} earned points: {rel.cells}"
     for m in mistakes:
         got = results[m.name]
         lost = {k for k, v in got.cells.items() if v < sol.cells[k]}
         assert lost == set(m.loses), (
             f"{assignment}, mistake {m.name!r}: lost points in {sorted(lost)}, "
-            f"expected exactly {sorted(m.loses)} (cells: {got.cells})")
+            f"expected exactly {sorted(m.loses)} (cells: {got.cells}; the judge: "
+            f"{[(v['grade_id'], v['message']) for v in course.verdicts[m.name] if v['message']]})")
         for k in m.loses:
             assert got.cells[k] == 0, f"{m.name}: {k} earned {got.cells[k]}, expected 0"
         expected_score = sol.max_score - sum(sol.cells[k] for k in m.loses)

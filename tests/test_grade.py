@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from autograder import judge as judging
 from fpnlab import cli, sandbox
 from fpnlab import grade as G
 from conftest import IN_CI, requires
@@ -126,11 +127,14 @@ def test_clean_notebook_drops_outputs_and_keeps_one_of_each_grade_id():
     assert all(not c.get("outputs") for c in clean.cells if c.cell_type == "code")
 
 
-def test_strip_hidden_removes_hidden_tests_and_the_integrity_line():
-    src = sandbox.INTEGRITY_LINE + "\n" + toy.VALUE_TESTS
+def test_strip_hidden_removes_hidden_tests_and_the_graders_line():
+    nb = judging.inject(toy.source_notebook())
+    src = next(c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id")
+               == "pad-to-values")
+    assert judging.HANDOVER_MARK in src
     shown = G.strip_hidden(src)
-    assert "check_close(y[:, :5, :7], x" in shown           # the visible test stays
-    assert "HIDDEN" not in shown and "9, 3" not in shown and "integrity" not in shown
+    assert "run_test(outputs, judge, [dict(shape=(3, 5, 7)" in shown    # the visible test stays
+    assert "HIDDEN" not in shown and "9, 3" not in shown and judging.HANDOVER_MARK not in shown
     assert "(hidden tests: not shown)" in shown
     assert "7, 8" not in G.strip_hidden("a = 1\n### BEGIN HIDDEN TESTS\nb = (7, 8)\n")
 

@@ -2,7 +2,8 @@
 
 ``00-toy`` asks for ``pad_to(x, d)``: zero-pad the last two dimensions at the bottom/right to a
 multiple of ``d``. Two test cells: shapes (2 points) and values (1 point), each with hidden tests
-on other sizes; assertions go through ``fpnlab.checks``.
+on other sizes, written as every lesson's are: the learner's kernel computes (``outputs``), the
+grader's judge decides (``judge``, through ``fpnlab.checks``; see ``fpnlab.judge``).
 """
 from __future__ import annotations
 
@@ -20,7 +21,17 @@ NOTEBOOK = f"{LESSON}.ipynb"
 
 IMPORTS = """\
 import torch
-from fpnlab.checks import check_close, check_shape"""
+from fpnlab.checks import check_close, check_shape, check_tensor
+from fpnlab.judge import run_test
+
+
+def padded_shape(shape, d):
+    *lead, h, w = shape
+    return (*lead, -(-h // d) * d, -(-w // d) * d)
+
+
+def seeded(shape, seed):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))"""
 
 ANSWER = '''\
 def pad_to(x, d=32):
@@ -33,23 +44,37 @@ def pad_to(x, d=32):
     return out
     ### END SOLUTION'''
 
+# The learner's kernel computes (outputs); the grader's judge, with no learner code, judges.
 SHAPE_TESTS = """\
-check_shape(pad_to(torch.zeros(3, 438, 512)), "padded", (3, 448, 512))
+def outputs(case):
+    return pad_to(torch.zeros(case.shape, device="meta"), case.d)
+
+def judge(case, got):
+    check_tensor(got, "padded", padded_shape(case.shape, case.d), device="meta")
+
+run_test(outputs, judge, [dict(shape=(3, 438, 512), d=32)])
 ### BEGIN HIDDEN TESTS
-check_shape(pad_to(torch.zeros(1, 3, 50, 70), 16), "padded", (1, 3, 64, 80))
-check_shape(pad_to(torch.zeros(2, 31, 33), 8), "padded", (2, 32, 40))
+run_test(outputs, judge, [dict(shape=(1, 3, 50, 70), d=16), dict(shape=(2, 31, 33), d=8)], hidden=True)
 ### END HIDDEN TESTS"""
 
 VALUE_TESTS = """\
-x = torch.rand(3, 5, 7)
-y = pad_to(x, 4)
-check_close(y[:, :5, :7], x, "padded")
-check_close(y[:, 5:, :], torch.zeros(3, 3, 8), "padded")
+def outputs(case):
+    return pad_to(seeded(case.shape, case.seed), case.d)
+
+def judge(case, got, cause=None):
+    x = seeded(case.shape, case.seed)
+    h, w = case.shape[-2:]
+    check_shape(got, "padded", padded_shape(case.shape, case.d))
+    check_close(got[..., :h, :w], x, "padded", cause=cause)
+    check_close(got[..., h:, :], torch.zeros_like(got[..., h:, :]), "padded", cause=cause)
+    check_close(got[..., :, w:], torch.zeros_like(got[..., :, w:]), "padded", cause=cause)
+
+run_test(outputs, judge, [dict(shape=(3, 5, 7), d=4, seed=0)])
 ### BEGIN HIDDEN TESTS
-x = torch.rand(2, 9, 3)
-y = pad_to(x, 8)
-check_close(y[:, :9, :3], x, "padded", cause="HIDDEN-VALUE-CAUSE: the image must stay top-left")
-check_close(y[:, 9:, :], torch.zeros(2, 7, 8), "padded")
+def hidden_judge(case, got):
+    judge(case, got, cause="HIDDEN-VALUE-CAUSE: the image must stay top-left")
+
+run_test(outputs, hidden_judge, [dict(shape=(2, 9, 3), d=8, seed=1)], hidden=True)
 ### END HIDDEN TESTS"""
 
 
