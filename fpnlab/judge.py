@@ -68,7 +68,9 @@ class Case(dict):
             raise AttributeError(name) from None
 
     def label(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self.items() if not k.startswith("_"))
+        plain = (int, float, str, bool, tuple, type(None))
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.items()
+                          if not k.startswith("_") and isinstance(v, plain))
         return f"{'hidden case' if self.get('_hidden') else 'case'} {self['_index'] + 1} ({shown})"
 
 

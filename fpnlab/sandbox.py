@@ -5,13 +5,17 @@
 
 1. when started as root, the kernel still runs as an unprivileged uid (root is exempt from
    ``RLIMIT_NPROC``), one uid per grading worker so one student's fork bomb cannot starve
-   another worker's kernel;
+   another worker's kernel; the sandbox goes into a cgroup of its own (memory, processes:
+   :class:`Cgroup`) and a user namespace of its own in which no further user namespace can be
+   made (``enter``);
 2. starts ``bwrap`` with every namespace unshared (no network, own PIDs, own users), a read-only
    view of the system, Python and the ``fpnlab`` package only (no repository, no course
-   directory, no gradebook, no submissions, no home), a private ``/tmp`` and home folder
-   (size-limited tmpfs) as the only writable places besides the folder holding the kernel's
-   connection file and its ``ipc`` sockets (with no network, ZMQ cannot use TCP: the grader
-   sets ``KernelManager.transport`` to ``ipc``);
+   directory, no gradebook, no submissions, no home, not even the grader's runtime folder), a
+   private ``/tmp`` and home folder (size-limited tmpfs) as the only writable places. With no
+   network, ZMQ cannot use TCP: the grader sets ``KernelManager.transport`` to ``ipc``, this
+   launcher binds the kernel's unix sockets itself in the grader's private runtime folder and
+   hands the kernel their descriptors (ZMQ ``USE_FD``) together with a copy of the connection
+   file: nothing the kernel can write is ever followed, chowned or read by the grader;
 3. inside, ``python -m fpnlab.sandbox limits ...`` sets the rlimits (memory, processes,
    file size, CPU time, open files, no core files) and execs the kernel, so the process limit
    counts only the sandbox's own processes;
@@ -19,10 +23,11 @@
    ``killed`` with the signal) to ``FPNLAB_SANDBOX_STATUS``/``<student>--<lesson>.json`` (nbgrader
    starts each kernel in ``autograded/<student>/<lesson>``).
 
-With ``Limits.warm`` (what ``fpnlab grade`` uses) steps 2 and 3 run once per student: the sandbox
+With ``Limits.warm`` (what ``fpnlab grade`` uses) steps 1 to 3 run once per student: the sandbox
 holds a Python that has imported torch, which forks a kernel per notebook
-(:mod:`fpnlab.warmkernel`); the launcher asks it for a kernel and waits for its exit code, and
-stops the whole sandbox on a timeout or before another student's notebook.
+(:mod:`fpnlab.warmkernel`) and kills every other process of the sandbox when a kernel ends; the
+launcher asks it for a kernel and waits for its exit code, and stops the whole sandbox on a
+timeout or before another student's notebook.
 
 Settings come from ``FPNLAB_SANDBOX_*`` environment variables, set by the grader in nbgrader's
 environment; none of them reaches the learner's code (the sandbox starts from an empty
@@ -36,12 +41,15 @@ import os
 import resource
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 BWRAP = "/usr/bin/bwrap"
 HOME = "/home/learner"          # the learner's scratch folder, as the sandbox sees it
@@ -87,6 +95,286 @@ def bwrap_available() -> Optional[str]:
     return path if probe.returncode == 0 else None
 
 
+@lru_cache(maxsize=None)
+def _bwrap_disables_userns(bwrap: str) -> bool:
+    """Whether this bwrap (0.8 and later, run without root) can forbid user namespaces inside."""
+    probe = subprocess.run([bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
+                            "--ro-bind", "/", "/", "--", "/bin/true"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+# ----------------------------------------------------------------------------- cgroups
+
+CGROUP_FS = "/sys/fs/cgroup"
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+class Cgroup:
+    """The cgroup(s) of one sandbox, made by the root launcher before the sandbox starts and
+    removed with it: a memory limit that counts everything the sandbox holds (what rlimits do
+    not: ``memfd_create``, files in its tmpfs, page cache), a process limit, and a way to kill all
+    of it at once. cgroup v2 (``memory.max``, ``pids.max``, ``cgroup.kill``) or v1 as a hybrid
+    host mounts it (``memory.limit_in_bytes`` and ``memory.memsw.limit_in_bytes``, ``pids.max``,
+    the freezer); each one a child of the launcher's own cgroup in its hierarchy."""
+
+    def __init__(self, version: int, dirs: Dict[str, str]):
+        self.version, self.dirs = version, dirs
+
+    # --- making one
+    @staticmethod
+    def _own() -> Dict[str, str]:
+        own = {}
+        for line in _read("/proc/self/cgroup").splitlines():
+            num, controllers, path = line.split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                own[c] = path
+        return own
+
+    @classmethod
+    def create(cls, memory: int, nproc: int) -> Tuple[Optional["Cgroup"], str]:
+        """A new cgroup limited to ``memory`` bytes and ``nproc`` tasks, and the line the grading
+        log shows; (None, why) where this host has no cgroup this process can write."""
+        if os.geteuid() != 0:
+            return None, "limits: rlimits only (no writable cgroup)"
+        name = f"fpnlab-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            own = cls._own()
+        except (OSError, ValueError):
+            return None, "limits: rlimits only (no writable cgroup)"
+        made: Optional[Cgroup] = None
+        try:
+            if os.path.exists(os.path.join(CGROUP_FS, "cgroup.controllers")) and "" in own:
+                made = cls._create_v2(os.path.join(CGROUP_FS, own[""].lstrip("/")), name, memory, nproc)
+                return made, (f"limits: cgroup v2 memory+pids (memory.max {memory >> 20} MB, "
+                              f"pids.max {nproc}), and the rlimits")
+            made = cls._create_v1(own, name, memory, nproc)
+            return made, (f"limits: cgroup v1 memory+pids (memory.limit_in_bytes {memory >> 20} MB"
+                          f"{', swap included' if made.dirs.get('memsw') else ''}, pids.max {nproc}"
+                          f"{', freezer' if 'freezer' in made.dirs else ''}), and the rlimits")
+        except OSError as e:
+            if made is not None:
+                made.remove()
+            return None, f"limits: rlimits only (no writable cgroup: {e.strerror or e})"
+
+    @classmethod
+    def _create_v2(cls, parent: str, name: str, memory: int, nproc: int) -> "Cgroup":
+        enabled = _read(os.path.join(parent, "cgroup.subtree_control")).split()
+        if not {"memory", "pids"} <= set(enabled):
+            _write(os.path.join(parent, "cgroup.subtree_control"), "+memory +pids")
+        path = os.path.join(parent, name)
+        os.mkdir(path)
+        made = cls(2, {"unified": path})
+        _write(os.path.join(path, "memory.max"), str(memory))
+        if os.path.exists(os.path.join(path, "memory.swap.max")):
+            _write(os.path.join(path, "memory.swap.max"), "0")
+        _write(os.path.join(path, "pids.max"), str(nproc))
+        return made
+
+    @classmethod
+    def _create_v1(cls, own: Dict[str, str], name: str, memory: int, nproc: int) -> "Cgroup":
+        dirs: Dict[str, str] = {}
+        for controller in ("memory", "pids", "freezer"):
+            top = os.path.join(CGROUP_FS, controller)
+            if controller not in own or not os.path.isdir(top):
+                if controller == "freezer":
+                    continue
+                raise OSError(0, f"no v1 {controller} controller")
+            path = os.path.join(top, own[controller].lstrip("/"), name)
+            os.mkdir(path)
+            dirs[controller] = path
+        made = cls(1, dirs)
+        try:
+            _write(os.path.join(dirs["memory"], "memory.limit_in_bytes"), str(memory))
+            memsw = os.path.join(dirs["memory"], "memory.memsw.limit_in_bytes")
+            if os.path.exists(memsw):
+                try:
+                    _write(memsw, str(memory))          # no escape into swap
+                    made.dirs["memsw"] = memsw
+                except OSError:
+                    pass
+            _write(os.path.join(dirs["pids"], "pids.max"), str(nproc))
+        except OSError:
+            made.remove()
+            raise
+        return made
+
+    # --- using one
+    def procs_files(self) -> List[str]:
+        return [os.path.join(d, "cgroup.procs") for k, d in self.dirs.items() if k != "memsw"]
+
+    def to_list(self) -> List[str]:
+        return [self.version, self.dirs]
+
+    @classmethod
+    def from_list(cls, data) -> Optional["Cgroup"]:
+        try:
+            return cls(int(data[0]), {str(k): str(v) for k, v in dict(data[1]).items()})
+        except (TypeError, ValueError, IndexError, KeyError):
+            return None
+
+    def pids(self) -> List[int]:
+        found = set()
+        for f in self.procs_files():
+            try:
+                found.update(int(x) for x in _read(f).split())
+            except OSError:
+                pass
+        return sorted(found)
+
+    def kill(self, wait: float = 5.0) -> None:
+        """Kill every process in it (frozen first, so none can fork away) and wait for them."""
+        deadline = time.monotonic() + wait
+        kill_file = os.path.join(self.dirs.get("unified", ""), "cgroup.kill")
+        freezer = self.dirs.get("freezer")
+        while self.pids() and time.monotonic() < deadline:
+            if self.version == 2 and os.path.exists(kill_file):
+                try:
+                    _write(kill_file, "1")
+                except OSError:
+                    pass
+            else:
+                if freezer:
+                    try:
+                        _write(os.path.join(freezer, "freezer.state"), "FROZEN")
+                    except OSError:
+                        pass
+                for pid in self.pids():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                if freezer:
+                    try:
+                        _write(os.path.join(freezer, "freezer.state"), "THAWED")
+                    except OSError:
+                        pass
+            time.sleep(0.01)
+
+    def remove(self, wait: float = 5.0) -> None:
+        """Kill what is left in it, then remove it."""
+        self.kill(wait)
+        deadline = time.monotonic() + wait
+        for key, path in self.dirs.items():
+            if key == "memsw":
+                continue
+            while os.path.isdir(path):
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+
+
+def cgroup_limits(limits: "Limits") -> Tuple[int, int]:
+    """The cgroup's memory (the kernel's memory, plus what the two writable tmpfs may hold, which
+    live in RAM) and tasks (the kernel's processes, plus the sandbox's own few)."""
+    return limits.memory + 2 * limits.scratch, limits.nproc + 16
+
+
+# ----------------------------------------------------------------------------- user namespaces
+
+CLONE_NEWUSER = 0x10000000
+
+
+def _unshare(flags: int) -> None:
+    if hasattr(os, "unshare"):
+        os.unshare(flags)
+        return
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _identity_userns() -> None:
+    """(As root.) Move this process into a new user namespace that maps every uid to itself, and
+    allow no user namespace below it: root keeps its rights over the host's files (it sets up
+    bwrap's mounts), the uid the kernel switches to keeps counting against ``RLIMIT_NPROC``, and
+    neither ``unshare -r`` nor ``CLONE_NEWUSER`` works for anything inside.
+
+    bwrap's own ``--disable-userns`` needs ``--unshare-user``, which as root maps only root, and
+    the kernel's uid could then not exist; so as root this step does it for bwrap."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    helper = os.fork()
+    if helper == 0:                         # stays outside: it writes the maps of its parent
+        code = 1
+        try:
+            os.close(ready_w)
+            os.close(done_r)
+            if os.read(ready_r, 1) == b"u":
+                parent = os.getppid()
+                for name in ("uid_map", "gid_map"):
+                    _write(f"/proc/{parent}/{name}", "0 0 4294967295\n")
+                os.write(done_w, b"y")
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_r)
+    os.close(done_w)
+    try:
+        try:
+            _unshare(CLONE_NEWUSER)
+        except OSError:
+            os.write(ready_w, b"n")
+            raise
+        os.write(ready_w, b"u")
+        if os.read(done_r, 1) != b"y":       # inside, but unmapped: nothing can go on from here
+            raise RuntimeError("could not write the uid/gid maps of the new user namespace")
+    finally:
+        os.close(ready_w)
+        os.close(done_r)
+        os.waitpid(helper, 0)
+
+
+def userns_blocked() -> bool:
+    """Whether this process cannot make a user namespace (checked in a throwaway child)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _unshare(CLONE_NEWUSER)
+            os._exit(1)
+        except OSError:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def enter(cgroups: List[str], userns: bool, command: List[str]) -> None:
+    """The step between the launcher and bwrap: join the sandbox's cgroup, (as root) a user
+    namespace that allows none below it, then exec ``command``."""
+    for procs in cgroups:
+        _write(procs, str(os.getpid()))
+    if userns:
+        try:
+            _identity_userns()
+            _write("/proc/sys/user/max_user_namespaces", "0\n")
+        except OSError as e:
+            # bwrap still runs (as root, in the host's user namespace or in an identity-mapped
+            # one); the grading log says that the learner's code could make one.
+            print(f"fpnlab sandbox: user namespaces: NOT blocked inside ({e})", file=sys.stderr)
+        except RuntimeError as e:
+            print(f"fpnlab sandbox: {e}", file=sys.stderr)
+            raise SystemExit(3)
+        else:
+            print("fpnlab sandbox: user namespaces: blocked inside (max_user_namespaces 0)",
+                  file=sys.stderr)
+    os.execv(command[0], command)
+
+
 def _system_binds() -> List[str]:
     args: List[str] = []
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -109,17 +397,19 @@ def _python_paths() -> List[str]:
     return sorted(p for p in paths if p and not p.startswith("/usr/"))
 
 
-def bwrap_command(bwrap: str, connection_dir: str, limits: Limits,
-                  inner: List[str], as_root: bool = False) -> List[str]:
-    """The bwrap argv that runs ``inner`` in the sandbox."""
+def bwrap_command(bwrap: str, limits: Limits, inner: List[str], as_root: bool = False) -> List[str]:
+    """The bwrap argv that runs ``inner`` in the sandbox. No folder of the host is writable in
+    it: the kernel gets its sockets as descriptors and its connection file as data."""
     if as_root:
-        # Real root is exempt from RLIMIT_NPROC, and a user namespace made by root maps to root:
-        # keep the mounts privileged, and let the inner step switch to ``limits.uid`` (the only
-        # capabilities kept are those two, and setuid to a non-zero uid drops them).
+        # Real root is exempt from RLIMIT_NPROC, and ``--unshare-user`` made by root maps only root:
+        # keep the mounts privileged (in the identity-mapped user namespace of ``enter``, which
+        # allows no other below it), and let the inner step switch to ``limits.uid``.
         unshare = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                    "--unshare-cgroup-try", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         unshare = ["--unshare-all"]
+        if _bwrap_disables_userns(bwrap):
+            unshare += ["--unshare-user", "--disable-userns"]
     # The writable places are tmpfs of a fixed size (they live in RAM, which no rlimit counts).
     size = str(limits.scratch)
     args = [bwrap, *unshare, "--die-with-parent", "--new-session", "--clearenv",
@@ -143,7 +433,7 @@ def bwrap_command(bwrap: str, connection_dir: str, limits: Limits,
         args += ["--dev-bind", dev, dev]
     if gpus:
         args += ["--ro-bind-try", "/sys", "/sys"]
-    args += ["--bind", connection_dir, connection_dir, "--chdir", HOME]
+    args += ["--chdir", HOME]
     env = {"HOME": HOME, "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
            "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONDONTWRITEBYTECODE": "1",
            "PYTHONNOUSERSITE": "1", "TMPDIR": "/tmp", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
