@@ -10,9 +10,8 @@ A graded test cell holds two functions and the cases to run them on::
         check_tensor(got["P6"], "P6", expected_shape(case))
 
     run_test(outputs, judge, [dict(cin=16, cout=8)])
-    ### BEGIN HIDDEN TESTS
+    # ... and, between nbgrader's hidden-test markers (the release has none of it):
     run_test(outputs, judge, [dict(cin=24, cout=12), dict(cin=12, cout=12)], hidden=True)
-    ### END HIDDEN TESTS
 
 In a learner's own kernel (JupyterLab, ``fpnlab check``) :func:`run_test` calls ``outputs`` and
 then ``judge`` on each case, so a failure raises the check's message at once. When graded, the

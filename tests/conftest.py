@@ -52,7 +52,7 @@ def requires(available: bool, reason: str):
     """Skip on a workstation that lacks a tool; in CI (CI=true) run anyway, so that a missing
     install step fails loudly instead of passing as a skip."""
     if available or IN_CI:
-        return pytest.mark.usefixtures()          # no-op mark
+        return pytest.mark.needs(reason)          # a label only: the test runs
     return pytest.mark.skip(reason=reason)
 
 

@@ -24,6 +24,7 @@ c.Execute.iopub_timeout = 30
 # Execute with a cap on the output a notebook may send back (100 MB of print()).
 c.Autograde.autograde_preprocessors = [
     "fpnlab.grade.CappedExecute",
+    "fpnlab.grade.KeepHandOvers",      # nbgrader's own verdict is discarded: the judge decides
     "nbgrader.preprocessors.IgnorePattern",
     "nbconvert.preprocessors.ClearMetadataPreprocessor",
     "nbgrader.preprocessors.LimitOutput",
