@@ -28,6 +28,7 @@ import copy
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -39,6 +40,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 HANDOVER_MARK = "fpnlab grader: hand over"
 MAX_MESSAGE = 2000
+WORD = re.compile(r"[A-Za-z0-9_]{4,}")
 
 
 def _meta(cell) -> dict:
@@ -74,6 +76,7 @@ class Lesson:
 
         transform = TransformerManager().transform_cell
         self.setup_errors = []
+        self.public = _public_words(nb)
         for i, cell in enumerate(nb.cells):
             meta = _meta(cell)
             if cell.cell_type != "code":
@@ -119,9 +122,72 @@ class Lesson:
                 elif not found:
                     message = "the test judged nothing"
             passed = not message
+            if message and handovers:
+                message = _without_learner_words(message, handovers, self.public)
             verdicts.append({"grade_id": gid, "points": points, "score": points if passed else 0.0,
                              "passed": passed, "message": message[:MAX_MESSAGE]})
         return verdicts
+
+
+def _public_words(nb) -> set:
+    """Words a message may show although the learner's data holds them: those of the release
+    (the instructor's notebook without solutions and hidden tests) and of the checks' own
+    messages. Any other word that came from the learner's data is cut out of a verdict, so a
+    kernel cannot smuggle text (hidden tests it saw, encoded) into feedback through a name."""
+    from fpnlab.grade import strip_hidden
+
+    words = set()
+    for cell in nb.cells:
+        text = cell.source
+        if _meta(cell).get("grade"):
+            text = strip_hidden(text)
+        text = re.sub(r"### BEGIN SOLUTION.*?### END SOLUTION", "", text, flags=re.S)
+        words |= set(WORD.findall(text))
+    import fpnlab.checks
+    import fpnlab.judge
+    for mod in (fpnlab.checks, fpnlab.judge):
+        words |= set(WORD.findall(Path(mod.__file__).read_text()))
+    return words
+
+
+def _learner_strings(value, out: set, depth: int = 0) -> set:
+    """Every string in a hand-over (values, names of classes, modules and attributes)."""
+    if depth > 60:
+        return out
+    if isinstance(value, str):
+        out.add(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            out.add(str(k))
+            _learner_strings(v, out, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _learner_strings(v, out, depth + 1)
+    return out
+
+
+def _real_class_words(strings: set) -> set:
+    """Words of class paths (``module:qualname``) that name a real class of an installed
+    library here: their names are public."""
+    ok = set()
+    for s in strings:
+        mod, sep, name = s.partition(":")
+        if sep and not mod.startswith("__main__") and mod in sys.modules:
+            obj = sys.modules[mod]
+            for part in name.split("."):
+                obj = getattr(obj, part, None)
+            if isinstance(obj, type):
+                ok |= set(WORD.findall(s))
+    return ok
+
+
+def _without_learner_words(message: str, handovers: dict, public: set) -> str:
+    strings = _learner_strings(list(handovers.values()), set())
+    allowed = public | _real_class_words(strings)
+    foreign = {w for s in strings for w in WORD.findall(s)} - allowed
+    if not foreign:
+        return message
+    return WORD.sub(lambda m: "..." if m.group(0) in foreign else m.group(0), message)
 
 
 @contextlib.contextmanager
@@ -243,18 +309,18 @@ def record(gradebook: Path, assignment: str, student: str, notebook: str,
 
 def feedback_notebook(autograded: nbformat.NotebookNode, verdicts: List[dict],
                       strip) -> nbformat.NotebookNode:
-    """The autograded notebook as feedback may show it: verdicts in place of test outputs, the
-    release's text of each test cell (``strip`` removes hidden tests), nothing that ran after
-    the first test cell."""
+    """The autograded notebook as feedback may show it: the learner's sources, the release's
+    text of each test cell (``strip`` removes hidden tests) with its verdict, and no output of
+    the kernel at all. (Outputs of the cells before the first test would be allowed, but a
+    student's sandbox is shared by their notebooks, so one lesson's early cells could print
+    what another lesson's hidden tests showed the kernel.)"""
     nb = copy.deepcopy(autograded)
     by_id = {v["grade_id"]: v for v in verdicts}
-    seen_test = False
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         meta = _meta(cell)
         if meta.get("grade"):
-            seen_test = True
             cell.source = strip(cell.source)
             v = by_id.get(meta.get("grade_id"))
             if v is None:
@@ -266,10 +332,9 @@ def feedback_notebook(autograded: nbformat.NotebookNode, verdicts: List[dict],
                 cell.outputs = [nbformat.v4.new_output(
                     "error", ename="Failed", evalue=f"0/{v['points']:g}: {v['message']}",
                     traceback=[f"FAIL  0/{v['points']:g}", v["message"]])]
-            cell.execution_count = None
-        elif seen_test:
+        else:
             cell.outputs = []
-            cell.execution_count = None
+        cell.execution_count = None
     return nb
 
 

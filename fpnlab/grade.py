@@ -619,10 +619,10 @@ class Shard:
         shutil.copy2(out / "gradebook.db", self.path / "gradebook.db")
         write_config(self.path)
         self.jupyter = _kernel_dir(self.path)
-        # A short path: unix socket names must stay under 108 bytes.
+        # A short path: unix socket names must stay under 108 bytes. Private to the grader (0700,
+        # never given to the kernel's uid, never seen by a sandbox): the connection file, and the
+        # kernel's sockets, which the launcher binds itself and hands over as descriptors.
         self.runtime = Path(tempfile.mkdtemp(prefix="fpnlab-rt-"))
-        if os.geteuid() == 0 and settings.sandbox:
-            os.chown(self.runtime, self.uid, self.uid)   # the kernel's uid makes its sockets here
         self.status_dir = self.path / "grading" / "status"
         self.status_dir.mkdir(parents=True)
         self.chunks = 0
@@ -651,8 +651,10 @@ class Shard:
             folder.mkdir(parents=True)
             nbformat.write(job.notebook, str(folder / names[job.lesson]))
             self.status(job).unlink(missing_ok=True)
-        for leftover in self.runtime.iterdir():
-            if leftover.is_file() or leftover.is_socket():
+        for leftover in self.runtime.iterdir():       # only what this grader made: never followed
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
                 leftover.unlink(missing_ok=True)
         self.chunks += 1
         # One nbgrader process for the whole chunk, whatever its lessons: submitted/ holds only
@@ -1109,26 +1111,117 @@ def _preprocessors():
     from nbgrader.preprocessors import Execute
 
     class CappedExecute(Execute):
-        """nbgrader's Execute, keeping at most MAX_OUTPUT bytes of a notebook's output."""
+        """nbgrader's Execute, keeping at most MAX_OUTPUT bytes of a notebook's output, counted
+        over every kind of output (streams, displays, results, errors). Errors are never
+        dropped (an error output is what makes a test cell score 0) but cut: past the cap a cell
+        keeps its first error only, as its name and the start of its message."""
+
+        ERROR_ROOM = 512       # bytes an error keeps past MAX_OUTPUT (its name, its message's start)
 
         def preprocess(self, nb, resources=None, km=None):
-            self._fpnlab_bytes = 0
+            self._fpnlab_bytes = self._fpnlab_hand_overs = 0
             self._fpnlab_capped = False
             return super().preprocess(nb, resources, km)
 
+        @staticmethod
+        def _size(value) -> int:
+            """Bytes ``value`` takes in the notebook's JSON."""
+            return len(json.dumps(value))
+
+        @classmethod
+        def _cut(cls, text: str, room: int) -> str:
+            """``text`` cut to about ``room`` bytes of JSON, saying how much was dropped."""
+            if cls._size(text) <= room:
+                return text
+            low, high = 0, min(len(text), max(0, room))
+            while low < high:                      # the longest prefix that fits
+                mid = (low + high + 1) // 2
+                if cls._size(text[:mid]) <= room:
+                    low = mid
+                else:
+                    high = mid - 1
+            return text[:low] + f"\n[fpnlab grader: {len(text) - low} characters dropped]"
+
+        @classmethod
+        def _capped_error(cls, content: dict, room: int) -> dict:
+            """An ``error`` content in about ``room`` bytes: the name, the start of the value, and
+            the traceback's last lines (where it was raised) as far as they fit."""
+            ename = cls._cut(str(content.get("ename", "Error")), 200)
+            evalue = cls._cut(str(content.get("evalue", "")), max(64, room // 2))
+            room -= cls._size(ename) + cls._size(evalue)
+            lines = [str(x) for x in content.get("traceback") or []]
+            kept: list = []
+            for line in reversed(lines):
+                line = cls._cut(line, min(4096, room - 160))
+                if cls._size(line) + 2 > room - 64:
+                    break
+                kept.insert(0, line)
+                room -= cls._size(line) + 2
+            if len(kept) < len(lines):
+                kept.insert(0, f"[fpnlab grader: {len(lines) - len(kept)} traceback lines dropped]")
+            return dict(content, ename=ename, evalue=evalue, traceback=kept)
+
+        def _fpnlab_notice(self, outs):
+            if not getattr(self, "_fpnlab_capped", False):
+                self._fpnlab_capped = True
+                outs.append(nbformat.v4.new_output(
+                    "stream", name="stderr",
+                    text=f"\n[fpnlab grader: output beyond {MAX_OUTPUT >> 20} MB dropped]\n"))
+
         def output(self, outs, msg, display_id, cell_index):
-            content = msg.get("content", {})
-            size = len(json.dumps(content.get("data") or content.get("text") or ""))
-            self._fpnlab_bytes = getattr(self, "_fpnlab_bytes", 0) + size
-            if self._fpnlab_bytes > MAX_OUTPUT and msg.get("msg_type") in (
-                    "stream", "display_data", "execute_result", "update_display_data"):
-                if not getattr(self, "_fpnlab_capped", False):
-                    self._fpnlab_capped = True
-                    outs.append(nbformat.v4.new_output(
-                        "stream", name="stderr",
-                        text=f"\n[fpnlab grader: output beyond {MAX_OUTPUT >> 20} MB dropped]\n"))
-                return None
+            kind = msg.get("msg_type")
+            content = msg.get("content") or {}
+            used = getattr(self, "_fpnlab_bytes", 0)
+            left = MAX_OUTPUT - used
+            if kind == "error":
+                if left <= 0 and any(o.get("output_type") == "error" for o in outs):
+                    self._fpnlab_notice(outs)
+                    return None                    # the cell has its error already
+                content = self._capped_error(content, max(left, self.ERROR_ROOM))
+                msg = dict(msg, content=content)
+                size = self._size(content)
+            elif kind == "stream":
+                text = content.get("text", "")
+                text = "".join(text) if isinstance(text, list) else str(text)
+                size = self._size(text)
+                if size > left:
+                    if left < 64:
+                        self._fpnlab_notice(outs)
+                        return None
+                    text = self._cut(text, left - 64)
+                    size = self._size(text)
+                    msg = dict(msg, content=dict(content, text=text))
+                    self._fpnlab_bytes = used + size
+                    result = super().output(outs, msg, display_id, cell_index)
+                    self._fpnlab_notice(outs)
+                    return result
+            else:
+                size = self._size(content.get("data") or {}) + self._size(content.get("metadata") or {})
+                if self._fpnlab_hand_over(kind, content, cell_index):
+                    # What a test cell hands over to the judge: a budget of its own, so that a
+                    # flood of output before the tests cannot cost the learner their points.
+                    spent = getattr(self, "_fpnlab_hand_overs", 0)
+                    if spent + size <= MAX_OUTPUT:
+                        self._fpnlab_hand_overs = spent + size
+                        return super().output(outs, msg, display_id, cell_index)
+                if size > left and kind in ("display_data", "execute_result", "update_display_data"):
+                    self._fpnlab_notice(outs)
+                    return None
+            self._fpnlab_bytes = used + size
             return super().output(outs, msg, display_id, cell_index)
+
+        def _fpnlab_hand_over(self, kind, content, cell_index) -> bool:
+            """A ``display_data`` of the judge's type in a graded test cell."""
+            try:
+                from .judge import MIME
+            except ImportError:  # pragma: no cover (no judge in this tree)
+                return False
+            try:
+                cell = self.nb.cells[cell_index]
+            except (AttributeError, IndexError, TypeError):
+                return False
+            return (kind == "display_data" and MIME in (content.get("data") or {})
+                    and bool(cell.get("metadata", {}).get("nbgrader", {}).get("grade")))
 
     class SanitizeFeedback(Preprocessor):
         """Feedback without hidden tests, the grader's integrity line or traceback lines."""
@@ -1204,7 +1297,35 @@ def strip_hidden(source: str) -> str:
     return "\n".join(ln for ln in source.splitlines() if not any(m in ln for m in GRADER_MARKS))
 
 
+def _keep_hand_overs():
+    from nbconvert.preprocessors import Preprocessor
+
+    from .judge import MIME
+
+    class KeepHandOvers(Preprocessor):
+        """After execution, a test cell keeps only its hand-over outputs: what the kernel says
+        about pass or fail (errors, partial credit in an ``execute_result``, which nbgrader would
+        read and can be made to crash on) never reaches nbgrader; the judge scores the cell."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.enabled = True
+
+        def preprocess_cell(self, cell, resources, index):
+            meta = cell.get("metadata", {}).get("nbgrader", {})
+            if cell.cell_type == "code" and meta.get("grade"):
+                cell.outputs = [o for o in cell.get("outputs", [])
+                                if o.get("output_type") == "display_data"
+                                and MIME in (o.get("data") or {})]
+            return cell, resources
+
+    return KeepHandOvers
+
+
 def __getattr__(name):
+    if name == "KeepHandOvers":
+        globals()["KeepHandOvers"] = _keep_hand_overs()
+        return globals()[name]
     if name in ("CappedExecute", "SanitizeFeedback"):
         capped, sanitize = _preprocessors()
         globals().update(CappedExecute=capped, SanitizeFeedback=sanitize)
