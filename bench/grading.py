@@ -2,6 +2,7 @@
 plain `nbgrader autograde` on the same class."""
 from __future__ import annotations
 
+import re
 import shutil
 import statistics
 import subprocess
@@ -17,6 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASS_LESSON = "01-preprocessing"
 
 
+JUDGE = re.compile(r"the judge took ([0-9.]+) s")
+LAST_JUDGE_S: list = []        # the judge's seconds of each _grade call, in order
+
+
 def _grade(lesson: str, submissions: Path, out: Path, workers: int, cold: bool = False) -> float:
     cmd = [sys.executable, "-m", "fpnlab.cli", "grade", lesson, str(submissions), "--out", str(out),
            "--workers", str(workers), "--no-progress"] + (["--cold-kernels"] if cold else [])
@@ -25,6 +30,8 @@ def _grade(lesson: str, submissions: Path, out: Path, workers: int, cold: bool =
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"fpnlab grade failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    found = JUDGE.search(proc.stdout + proc.stderr)
+    LAST_JUDGE_S.append(float(found.group(1)) if found else float("nan"))
     return elapsed
 
 
@@ -45,14 +52,21 @@ def measure(repeat: int, class_size: int) -> dict:
         out["course_notebooks"] = len(assignments())
         _student_folder(course, "s000", assignments())
         # (warm and cold interleaved, so drift hits both alike; a fresh --out each time)
-        runs, cold = [], []
+        runs, cold, judge = [], [], []
         for i in range(repeat):
             runs.append(_grade("all", course, tmp / f"course-out-{i}", workers=1))
+            judge.append(LAST_JUDGE_S[-1])
             cold.append(_grade("all", course, tmp / f"course-cold-{i}", workers=1, cold=True))
         out["course_per_student_runs_s"], out["course_cold_runs_s"] = runs, cold
         out["course_per_student_s"] = statistics.median(runs)
+        # The judge runs after each notebook, one request at a time: its share of a run is the
+        # time it adds (the same runs, so the ratio is of one run's own figures).
+        out["course_judge_runs_s"] = judge
+        out["judge_added"] = statistics.median(r / (r - j) for r, j in zip(runs, judge))
         out["course_cold_kernels_s"] = statistics.median(cold)
         out["course_2_workers_s"] = _grade("all", course, tmp / "course-out-w2", workers=2)
+        print(f"  whole course, one student: the judge took {statistics.median(judge):.1f} s of "
+              f"each run ({out['judge_added']:.3f}x the run without it)", flush=True)
         print(f"  whole course, one student: {out['course_per_student_s']:.1f} s warm, "
               f"{out['course_cold_kernels_s']:.1f} s cold kernels, "
               f"{out['course_2_workers_s']:.1f} s warm with 2 workers", flush=True)

@@ -103,6 +103,9 @@ def targets(figures: dict) -> list:
         n = g.get("course_notebooks", 7)
         out.append(at_most(f"whole-course grading per student / ({n} x floor)",
                            g["course_per_student_s"] / (n * fl), 1.5, "x"))
+    if g.get("judge_added"):
+        out.append(at_most("whole course per student: with the judge / without",
+                           g["judge_added"], 1.2, "x"))
     if g.get("speedup_2_workers"):
         out.append(at_least("class of one stage: 1 worker / 2 workers", g["speedup_2_workers"], 1.5, "x"))
     if g.get("ratio_1_worker_vs_nbgrader"):

@@ -684,6 +684,7 @@ class Shard:
 
     def _judge(self, job: Job, row: Row, name: str) -> None:
         """The score from the trusted judge (never from the kernel's own pass/fail)."""
+        start = time.perf_counter()
         if getattr(self, "judge", None) is None:
             self.judge = judging.Client()
         source = self.path / "solutions" / job.lesson / name
@@ -696,6 +697,8 @@ class Shard:
             self.judge.close()
             self.judge = None
             return
+        finally:
+            self.judge_seconds = getattr(self, "judge_seconds", 0.0) + time.perf_counter() - start
         folder = self.path / "grading" / "verdicts" / job.student_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{job.lesson}.json").write_text(json.dumps(verdicts, indent=1))
@@ -994,13 +997,14 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
         write_status_feedback(out, row, notebook_name(out / "solutions", row.lesson))
     record_zero(out, decided)
 
-    graded = _run_shards(out, todo, workers, settings, progress, hashes, now)
+    graded, judge_s = _run_shards(out, todo, workers, settings, progress, hashes, now)
     for row in graded:
         rows[(row.student_id, row.lesson)] = row
     write_grades(out / "grades.csv", rows.values())
     kept = len(jobs) - len(decided) - len(todo)
     log(f"fpnlab grade: {len(graded)} notebooks graded, {len(decided)} not gradable, "
-        f"{kept} unchanged (kept); grades in {out / 'grades.csv'}")
+        f"{kept} unchanged (kept); grades in {out / 'grades.csv'}"
+        + (f" (the judge took {judge_s:.2f} s of the workers' time)" if graded else ""))
     return decided + held + graded
 
 
@@ -1031,9 +1035,10 @@ def _chunks(jobs: List[Job], size: int):
 
 
 def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
-                progress: Optional[bool], hashes: Dict[str, str], now: str) -> List[Row]:
+                progress: Optional[bool], hashes: Dict[str, str], now: str) -> Tuple[List[Row], float]:
+    """Grade ``todo`` on ``workers`` shards; the rows, and the seconds the judge took in all."""
     if not todo:
-        return []
+        return [], 0.0
     workers = max(1, min(workers, len(todo)))
     # Round-robin over the notebooks sorted by student, so each shard gets a fair mix and, within
     # a shard, a student's notebooks come one after another (one warm sandbox serves them).
@@ -1100,7 +1105,7 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
         for log in sorted((shard.path / "grading" / "logs").glob("*.log")):
             shutil.copy2(log, logs / f"{shard.run_id}-shard{i}-{log.name}")
         shutil.rmtree(shard.path, ignore_errors=True)     # merged: the shard's course is debris
-    return rows
+    return rows, sum(getattr(sh, "judge_seconds", 0.0) for sh in shards)
 
 
 # ----------------------------------------------------------------------------- nbgrader plug-ins

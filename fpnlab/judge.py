@@ -67,10 +67,13 @@ class Case(dict):
             raise AttributeError(name) from None
 
     def label(self) -> str:
+        """``case 2 (cin=16, cout=8)``; a hidden case shows no inputs: ``hidden case 2``."""
+        if self.get("_hidden"):
+            return f"hidden case {self['_index'] + 1}"
         plain = (int, float, str, bool, tuple, type(None))
         shown = ", ".join(f"{k}={v!r}" for k, v in self.items()
                           if not k.startswith("_") and isinstance(v, plain))
-        return f"{'hidden case' if self.get('_hidden') else 'case'} {self['_index'] + 1} ({shown})"
+        return f"case {self['_index'] + 1} ({shown})"
 
 
 # ----------------------------------------------------------------------------- modes

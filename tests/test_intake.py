@@ -296,7 +296,7 @@ def test_grade_rows_for_refused_submissions_and_a_kept_earlier_grade(tmp_path, c
     def fake_shards(out, todo, *a, **k):                     # no kernels: record what would run
         graded_now.extend(todo)
         return [G.Row(j.student_id, j.lesson, 3.0, 3.0, G.GRADED, j.detail, j.sha256,
-                      a[-2][j.lesson], a[-1]) for j in todo]
+                      a[-2][j.lesson], a[-1]) for j in todo], 0.0
 
     monkeypatch.setattr(G, "_run_shards", fake_shards)
     subs = tmp_path / "subs"
