@@ -73,7 +73,7 @@ class Case(dict):
         plain = (int, float, str, bool, tuple, type(None))
         shown = ", ".join(f"{k}={v!r}" for k, v in self.items()
                           if not k.startswith("_") and isinstance(v, plain))
-        return f"case {self['_index'] + 1} ({shown})"
+        return f"case {self['_index'] + 1}" + (f" ({shown})" if shown else "")
 
 
 # ----------------------------------------------------------------------------- modes
