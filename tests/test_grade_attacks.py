@@ -161,7 +161,7 @@ ip.events.register("post_run_cell", after)'''
 
 # Raises, for the hidden cases only, an exception whose class name carries the hidden tests.
 LEAK_BY_EXCEPTION = toy.SOLUTION.replace('    """Zero-pad', '''    import sys, base64
-    if tuple(x.shape) not in ((3, 438, 512), (3, 5, 7)):
+    if tuple(x.shape) not in ((3, 100, 70), (3, 5, 7)):
         seen = "".join(sys.modules["__main__"].In)
         name = "E" + base64.b32encode(seen.encode()).decode().rstrip("=")[:4000]
         raise type(name, (Exception,), {})("leak: " + seen)
@@ -200,7 +200,7 @@ def test_leaks_detector_finds_each_encoding():
                  "\n".join(line), base64.b64encode(line.encode()).decode(),
                  base64.b32encode(line.encode()).decode(), line.encode().hex()):
         assert leaks(page) == ["HIDDEN-VALUE-CAUSE"], page[:60]
-    assert leaks("padded: shape (3, 1, 1) but expected (3, 448, 512).") == []
+    assert leaks("padded: shape (3, 1, 1) but expected (3, 128, 96).") == []
 
 
 @pytest.fixture(scope="module")
