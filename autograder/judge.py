@@ -211,12 +211,11 @@ def serve(stdin=None, stdout=None) -> int:
             key = f"{source}:{os.stat(source).st_mtime_ns}"
             if key not in lessons:
                 lessons[key] = Lesson(Path(source))
+                if lessons[key].setup_errors:   # demonstrations that need the learner's code
+                    print(f"judge: {source}: locked cells that did not run here (a test that "
+                          f"needs them fails): {lessons[key].setup_errors}", file=sys.stderr)
             nb = nbformat.read(str(request["autograded"]), as_version=4)
-            lesson = lessons[key]
-            if lesson.setup_errors:        # the instructor's helpers must run without learner code
-                print(f"judge: {source}: locked cells that failed here: {lesson.setup_errors}",
-                      file=sys.stderr)
-            answer = {"verdicts": lesson.judge(nb)}
+            answer = {"verdicts": lessons[key].judge(nb)}
         except Exception as e:  # noqa: BLE001 (one bad request never stops the judge)
             answer = {"error": f"{type(e).__name__}: {e}"[:500]}
         out.write(json.dumps(answer) + "\n")
