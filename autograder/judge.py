@@ -336,17 +336,18 @@ def feedback_notebook(autograded: nbformat.NotebookNode, verdicts: List[dict],
 
 
 def apply(course: Path, assignment: str, student: str, notebook: str, source: Path,
-          client: Client, strip) -> tuple:
+          client: Client) -> tuple:
     """Judge ``course/autograded/student/assignment/notebook`` against the instructor's
-    ``source``, write the scores into ``course``'s gradebook and the feedback form of the
-    notebook in place. Returns ``(score, verdicts)``."""
+    ``source``, write the scores into ``course``'s gradebook and the verdicts to
+    ``course/grading/verdicts/<student>/<assignment>.json``, where feedback is made from
+    (``fpnlab.grade.SanitizeFeedback``). The autograded notebook stays as the kernel left it,
+    for the instructor. Returns ``(score, verdicts)``."""
     path = course / "autograded" / student / assignment / notebook
     verdicts = client.judge(source, path)
-    if os.environ.get("FPNLAB_DEBUG_RAW"):
-        import shutil; shutil.copy(path, os.environ["FPNLAB_DEBUG_RAW"])
     score = record(course / "gradebook.db", assignment, student, Path(notebook).stem, verdicts)
-    nb = nbformat.read(str(path), as_version=4)
-    nbformat.write(feedback_notebook(nb, verdicts, strip), str(path))
+    folder = course / "grading" / "verdicts" / student
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{assignment}.json").write_text(json.dumps(verdicts, indent=1))
     return score, verdicts
 
 

@@ -74,11 +74,10 @@ class Course:
         if self._judge is None:
             self._judge = judging.Client()
         source = self.path / "solutions" / assignment / name
-        from fpnlab.grade import strip_hidden
         self.verdicts: Dict[str, list] = {}
         for student in submissions:           # what the judge said of each test cell
             _, self.verdicts[student] = judging.apply(self.path, assignment, student, name, source,
-                                                      self._judge, strip_hidden)
+                                                      self._judge)
         return {s: self.score(assignment, s) for s in submissions}
 
     def score(self, assignment: str, student: str) -> Result:

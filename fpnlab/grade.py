@@ -73,9 +73,9 @@ CSV_FIELDS = ["student_id", "lesson", "score", "max_score", "status", "detail", 
               "source_sha256", "graded_at"]
 # The whole name (fullmatch, \Z: "$" would also match before a trailing newline).
 STUDENT_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}\Z")
-INTEGRITY_MARK = "fpnlab grader: integrity check"
-GRADER_MARKS = (INTEGRITY_MARK, judging.HANDOVER_MARK)    # lines the grader adds to test cells
+GRADER_MARKS = (judging.HANDOVER_MARK,)    # lines the grader adds to test cells
 MAX_OUTPUT = 2 << 20          # bytes of cell output one notebook may send back
+MAX_HAND_OVER = 64 << 20      # bytes the test cells of one notebook may hand over to the judge
 MAX_ZIP = 2 << 30             # bytes a zip may unpack to
 
 
@@ -689,8 +689,8 @@ class Shard:
             self.judge = judging.Client()
         source = self.path / "solutions" / job.lesson / name
         try:
-            row.score, verdicts = judging.apply(self.path, job.lesson, job.student_id, name,
-                                                source, self.judge, strip_hidden)
+            row.score, _ = judging.apply(self.path, job.lesson, job.student_id, name, source,
+                                         self.judge)
         except Exception as e:  # noqa: BLE001 (never a silent 0: an error row, retried next run)
             row.status, row.score = "error", 0.0
             row.detail = _join(row.detail, f"judge: {e}"[:300])
@@ -699,9 +699,6 @@ class Shard:
             return
         finally:
             self.judge_seconds = getattr(self, "judge_seconds", 0.0) + time.perf_counter() - start
-        folder = self.path / "grading" / "verdicts" / job.student_id
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{job.lesson}.json").write_text(json.dumps(verdicts, indent=1))
 
     def status(self, job: Job) -> Path:
         return Path(sandbox.status_file(str(self.status_dir),
@@ -1206,7 +1203,7 @@ def _preprocessors():
                     # What a test cell hands over to the judge: a budget of its own, so that a
                     # flood of output before the tests cannot cost the learner their points.
                     spent = getattr(self, "_fpnlab_hand_overs", 0)
-                    if spent + size <= MAX_OUTPUT:
+                    if spent + size <= MAX_HAND_OVER:
                         self._fpnlab_hand_overs = spent + size
                         return super().output(outs, msg, display_id, cell_index)
                 if size > left and kind in ("display_data", "execute_result", "update_display_data"):
@@ -1229,7 +1226,7 @@ def _preprocessors():
                     and bool(cell.get("metadata", {}).get("nbgrader", {}).get("grade")))
 
     class SanitizeFeedback(Preprocessor):
-        """Feedback without hidden tests, the grader's integrity line or traceback lines."""
+        """Feedback made from the judge's verdicts, without hidden tests or the grader's lines."""
 
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
@@ -1244,6 +1241,16 @@ def _preprocessors():
             # ... also as repr() and JSON print them (``print(In)`` shows a list of strings).
             variants = lines | {repr(ln)[1:-1] for ln in lines} | {json.dumps(ln)[1:-1] for ln in lines}
             self._hidden = sorted(variants, key=len, reverse=True)
+            # The page is made from the judge's verdicts: no kernel output at all (see
+            # autograder/judge.py: feedback_notebook); what follows is a second line of defence.
+            info = (resources or {}).get("nbgrader", {})
+            path = Path("grading", "verdicts", str(info.get("student")),
+                        f"{info.get('assignment')}.json")
+            try:
+                verdicts = json.loads(path.read_text())
+            except (OSError, ValueError):
+                verdicts = []            # not judged: every test cell shows nothing, scores 0
+            nb = judging.feedback_notebook(nb, verdicts, strip_hidden)
             return super().preprocess(nb, resources)
 
         def _redact(self, text):

@@ -49,7 +49,7 @@ KNOWN_ERRORS = frozenset({
     "KeyError", "LookupError", "MemoryError", "NameError", "NotImplementedError", "OSError",
     "OverflowError", "RecursionError", "RuntimeError", "StopIteration", "TypeError",
     "UnboundLocalError", "ValueError", "ZeroDivisionError", "AnswerError", "ImportError",
-    "ModuleNotFoundError", "IntegrityError"})
+    "ModuleNotFoundError"})
 _SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.<>]{0,99}\Z")
 
 

@@ -149,25 +149,6 @@ def test_grades_csv_round_trip(tmp_path):
     assert header[:5] == ["student_id", "lesson", "score", "max_score", "status"]
 
 
-def test_integrity_check_catches_rebinding_and_accepts_clean_code():
-    import torch
-
-    import fpnlab.checks
-    user = {"torch": torch, "check_shape": fpnlab.checks.check_shape, "pad_to": lambda x: x}
-    assert sandbox.tampering() == [] and sandbox._rebound_globals(user) == []
-    user["check_shape"] = lambda *a, **k: None
-    assert sandbox._rebound_globals(user) == ["check_shape (not fpnlab.checks.check_shape)"]
-    saved = fpnlab.checks.check_close
-    try:
-        exec("import fpnlab.checks\nfpnlab.checks.check_close = lambda *a, **k: None", {})
-        assert "fpnlab.checks.check_close" in sandbox.tampering()
-        fpnlab.checks.check_close = fpnlab.checks.check_type       # a real fpnlab function
-        assert "fpnlab.checks.check_close" in sandbox.tampering()
-    finally:
-        fpnlab.checks.check_close = saved
-    assert sandbox.tampering() == []
-
-
 def test_sandbox_refuses_a_connection_file_outside_its_runtime_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("FPNLAB_SANDBOX_RUNTIME", str(tmp_path / "runtime"))
     status = tmp_path / "status.json"
@@ -176,36 +157,36 @@ def test_sandbox_refuses_a_connection_file_outside_its_runtime_folder(tmp_path, 
 
 
 @needs_bwrap
-def test_sandbox_limits_hold_for_a_plain_command(tmp_path, monkeypatch):
-    """Inside: the rlimits are set, the grader's files are invisible, the runtime folder is
-    writable; the launcher's wall-clock limit kills the sandbox."""
+def test_sandbox_limits_hold_for_a_plain_command(tmp_path, monkeypatch, capfd):
+    """Inside: the rlimits are set, the grader's files (the runtime folder too) are invisible;
+    the launcher's wall-clock limit kills the sandbox."""
     import tempfile
 
     runtime = Path(tempfile.mkdtemp(prefix="fpnlab-rt-"))
     try:
-        if os.geteuid() == 0:
-            os.chown(runtime, sandbox.DEFAULT_UID, sandbox.DEFAULT_UID)
         monkeypatch.setenv("FPNLAB_SANDBOX_RUNTIME", str(runtime))
-        conn, probe, secret = runtime / "k.json", runtime / "probe.txt", tmp_path / "secret.txt"
+        conn, secret = runtime / "k.json", tmp_path / "secret.txt"
         conn.write_text("{}")
         secret.write_text("the answers")
-        code = (f"import resource, os; open({str(probe)!r}, 'w').write('%d %d %s' % ("
+        code = ("import resource, os; print('PROBE %d %d %s %s' % ("
                 "resource.getrlimit(resource.RLIMIT_NPROC)[0], "
-                f"resource.getrlimit(resource.RLIMIT_DATA)[0], os.path.exists({str(secret)!r})))")
+                f"resource.getrlimit(resource.RLIMIT_DATA)[0], os.path.exists({str(secret)!r}), "
+                f"os.path.exists({str(runtime)!r})))")
         status = tmp_path / "status.json"
+        capfd.readouterr()
         rc = sandbox.launch([sys.executable, "-c", code], str(conn),
                             sandbox.Limits(timeout=60, nproc=40, memory=3 << 30), str(status))
         assert rc == 0 and json.loads(status.read_text())["status"] == "ok"
-        assert probe.read_text() == f"40 {3 << 30} False"
+        assert f"PROBE 40 {3 << 30} False False" in capfd.readouterr().out
         # The writable tmpfs are small: 4 files of 10 MB do not fit in 24 MB.
         fill = ("import errno\nfor i in range(4):\n    try:\n"
                 "        open(f'/tmp/f{i}', 'wb').write(bytes(10 << 20))\n"
                 "    except OSError as e:\n"
-                f"        open({str(probe)!r}, 'w').write(f'{{i}} {{errno.errorcode[e.errno]}}')\n"
+                "        print('FILLED', i, errno.errorcode[e.errno])\n"
                 "        break")
         sandbox.launch([sys.executable, "-c", fill], str(conn),
                        sandbox.Limits(timeout=60, scratch=24 << 20), str(status))
-        assert probe.read_text() == "2 ENOSPC"
+        assert "FILLED 2 ENOSPC" in capfd.readouterr().out
         sandbox.launch([sys.executable, "-c", "import time; time.sleep(60)"], str(conn),
                        sandbox.Limits(timeout=2), str(status))
         assert json.loads(status.read_text())["status"] == "timeout"
@@ -353,7 +334,7 @@ def test_feedback_shows_failures_but_no_hidden_tests(graded):
     for path in fb.rglob("*.html"):
         text = path.read_text()
         assert "BEGIN HIDDEN" not in text and "50, 70" not in text and "2, 9, 3" not in text
-        assert "integrity check" not in text
+        assert "hand over" not in text
     # The instructor's autograded copy keeps the hidden tests (nbgrader #1363): feedback is
     # the only thing handed back.
     auto = (graded["out"] / "autograded" / "dave" / toy.LESSON / toy.NOTEBOOK).read_text()

@@ -6,8 +6,9 @@ import os
 
 c = get_config()  # noqa: F821 (nbgrader's config loader provides it)
 
-# The kernel has no network (bwrap --unshare-net): ZMQ talks over unix sockets in a folder the
-# sandbox binds, next to the connection file (JUPYTER_RUNTIME_DIR).
+# The kernel has no network (bwrap --unshare-net): ZMQ talks over unix sockets in the grader's
+# private runtime folder (JUPYTER_RUNTIME_DIR), next to the connection file; the sandbox never
+# sees that folder: the launcher binds the sockets and hands the kernel their descriptors.
 if os.environ.get("FPNLAB_GRADE_IPC"):
     c.KernelManager.transport = "ipc"
     c.KernelManager.ip = os.environ["FPNLAB_GRADE_IPC"]
