@@ -768,6 +768,27 @@ def kernelspec(python: str = sys.executable) -> dict:
             "interrupt_mode": "message", "metadata": {"debugger": False}}
 
 
+def _main_enter(argv: List[str]) -> int:
+    """``enter [--cgroup PROCS_FILE]... [--userns] -- COMMAND...`` (see :func:`enter`)."""
+    cgroups: List[str] = []
+    userns = False
+    while argv and argv[0] != "--":
+        if argv[0] == "--cgroup" and len(argv) > 1:
+            cgroups.append(argv[1])
+            argv = argv[2:]
+        elif argv[0] == "--userns":
+            userns, argv = True, argv[1:]
+        else:
+            break
+    command = argv[1:] if argv[:1] == ["--"] else []
+    if not command:
+        print("usage: python -m fpnlab.sandbox enter [--cgroup FILE]... [--userns] -- COMMAND...",
+              file=sys.stderr)
+        return 2
+    enter(cgroups, userns, command)
+    return 0                                           # not reached: enter() execs
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["enter"]:
