@@ -389,6 +389,8 @@ def _decode_tensor(data: dict):
         if dtype is torch.bool:
             x = x.to(torch.bool)
         x = x.reshape(shape).to(device)
+    if data.get("param") is True:     # an nn.Parameter stays one (a checker says what it got)
+        return torch.nn.Parameter(x, requires_grad=bool(data.get("grad")) and dtype.is_floating_point)
     if data.get("grad") and dtype.is_floating_point:
         x.requires_grad_(True)
     return x

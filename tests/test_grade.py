@@ -422,13 +422,21 @@ def _seen(out: Path, student: str, lesson: str) -> int:
     return int(text.split("SEEN ")[1].split()[0])
 
 
-def _warm_processes() -> list:
+def _warm_processes(tmp_path: Path) -> list:
+    """Warm-sandbox processes this test started (never another grading run's on the machine):
+    the keeper carries the test's folder in its environment, the zygote runs as one of the
+    kernel uids of this process's shards."""
+    ours = {str(sandbox.DEFAULT_UID + (os.getpid() % 4096) * 16 + i) for i in range(16)}
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and b"fpnlab.warmkernel" in (proc / "cmdline").read_bytes():
+            if not (proc.name.isdigit() and b"fpnlab.warmkernel" in (proc / "cmdline").read_bytes()):
+                continue
+            uid = next(ln.split()[1] for ln in (proc / "status").read_text().splitlines()
+                       if ln.startswith("Uid:"))
+            if uid in ours or str(tmp_path).encode() in (proc / "environ").read_bytes():
                 found.append(proc.name)
-        except OSError:
+        except (OSError, StopIteration):
             pass
     return found
 
@@ -452,7 +460,7 @@ def test_a_students_notebooks_share_a_warm_sandbox_and_students_share_nothing(tm
     for student in ("ann", "bob"):
         assert _seen(out, student, toy.LESSON) == 0                  # nothing of the other student
         assert _seen(out, student, toy.LESSON + "-b") == (1 if warm else 0)
-    assert _warm_processes() == []                                    # no sandbox outlives grading
+    assert _warm_processes(tmp_path) == []                            # no sandbox outlives grading
 
 
 def test_the_warm_preload_leaves_one_thread_and_cuda_uninitialised():
@@ -482,4 +490,4 @@ def test_a_warm_sandbox_that_cannot_start_is_an_error_row_that_says_why(tmp_path
     assert "Error" in row.detail.split("starting:")[1]                # the preload's own error
     log = row.detail.split("(log: ")[1].rstrip(")")
     assert "Error" in (tmp_path / "out" / log).read_text()           # the log it names exists
-    assert _warm_processes() == []
+    assert _warm_processes(tmp_path) == []

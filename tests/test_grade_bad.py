@@ -316,8 +316,9 @@ def test_printed_history_of_hidden_tests_stays_out_of_feedback(batch):
     # The kernel did print the hidden tests (the instructor's autograded notebook shows it) ...
     assert "dict(shape=(1, 3, 50, 70), d=16)" in _outputs(batch, "history-leak")
     html = (batch["out"] / "feedback" / "history-leak" / toy.LESSON / "00-toy.html").read_text()
-    # ... but feedback holds no kernel output: not the leak, not even the learner's own prints.
-    assert "LEAK" not in html and "HISTORY" not in html and "PASS  2/2" in html
+    # ... but feedback holds no kernel output: not the leak, not even the learner's own prints
+    # (the page shows the learner's source, which names 'LEAK', but nothing it printed).
+    assert "hidden_judge" not in html and "HISTORY [" not in html and "PASS  2/2" in html
     assert "50, 70" not in html and "HIDDEN-VALUE-CAUSE" not in html
 
 
