@@ -207,6 +207,12 @@ def serve(stdin=None, stdout=None) -> int:
             continue
         try:
             request = json.loads(line)
+            if "prepare" in request:       # get lessons ready while nbgrader runs: no answer
+                for source in request["prepare"]:
+                    key = f"{source}:{os.stat(source).st_mtime_ns}"
+                    if key not in lessons:
+                        lessons[key] = Lesson(Path(source))
+                continue
             source = str(request["source"])
             key = f"{source}:{os.stat(source).st_mtime_ns}"
             if key not in lessons:
@@ -242,6 +248,15 @@ class Client:
     def _drain(self):
         for line in self.proc.stderr:
             self.stderr = (self.stderr + [line])[-50:]
+
+    def prepare(self, sources: List[Path]) -> None:
+        """Let the judge read these lessons now (it does so while nbgrader runs the notebooks)."""
+        with self.lock:
+            try:
+                self.proc.stdin.write(json.dumps({"prepare": [str(s) for s in sources]}) + "\n")
+                self.proc.stdin.flush()
+            except (OSError, ValueError):
+                pass                          # judge() will say that the judge is gone
 
     def judge(self, source: Path, autograded: Path) -> List[dict]:
         """Verdicts for one autograded notebook; ``RuntimeError`` when the judge could not."""

@@ -657,6 +657,10 @@ class Shard:
             else:
                 leftover.unlink(missing_ok=True)
         self.chunks += 1
+        # The judge starts (imports torch, reads the lessons) while nbgrader runs the notebooks.
+        if getattr(self, "judge", None) is None:
+            self.judge = judging.Client()
+        self.judge.prepare([self.path / "solutions" / lesson / names[lesson] for lesson in lessons])
         # One nbgrader process for the whole chunk, whatever its lessons: submitted/ holds only
         # this chunk's notebooks, and nbgrader reads the assignment name as a glob.
         assignment = lessons[0] if len(lessons) == 1 else "*"
