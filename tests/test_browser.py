@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from fpnlab.reference import reference_shapes
 from fpnlab.shapes import REFERENCE, format_shape, stage_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +128,7 @@ def test_shape_explorer_in_jupyterlab(tmp_path):
             explorer = page.locator(".fpnlab-explorer table.fpnlab-shapes")
             explorer.first.wait_for(state="attached", timeout=90_000)
             explorer.first.scroll_into_view_if_needed()
-            h0, w0 = 438, 512   # the notebook's sample photo: the trace's input
+            h0, w0 = reference_shapes()["image"][1:]   # the notebook's sample photo: the trace's input
             assert _wait_text(page, "P7", "engine", _p7(h0, w0)) == _p7(h0, w0)
             assert _cell_text(page, "P7", "model") == _p7(h0, w0)
             page.locator(".fpnlab-explorer img.fpnlab-pyramid").first.wait_for(

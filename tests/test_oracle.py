@@ -125,10 +125,12 @@ def test_p6_reads_p5_only_when_channels_agree():
 def test_preprocess_is_bgr255_minus_mean_and_zero_padded():
     from fpnlab.images import sample_image
     img = sample_image()
+    from fpnlab.reference import reference_shapes
+    ref = reference_shapes()
     out = oracle.preprocess(img)
-    assert tuple(out["padded"].shape) == (1, 3, 480, 576)
-    assert out["image_sizes"] == [(480, 561)]
-    assert torch.all(out["padded"][..., 561:] == 0)
+    assert tuple(out["padded"].shape) == tuple(ref["padded"])
+    assert out["image_sizes"] == [tuple(ref["resized"][1:])]
+    assert torch.all(out["padded"][..., ref["resized"][2]:] == 0)
     assert torch.equal(out["padded"][0, :, :, :561], out["resized"])
     import numpy as np
     from PIL import Image

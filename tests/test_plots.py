@@ -11,10 +11,13 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 from fpnlab import plots
+from fpnlab.reference import reference_shapes
 from fpnlab.shapes import LEVELS, REFERENCE, ShapeError, stage_shapes, strides
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
+PHOTO = reference_shapes()["image"][1:]      # the trace's photo (H, W)
+PADDED = reference_shapes()["padded"][2:]    # ... padded to a multiple of 32
 
 
 def titles(fig):
@@ -28,9 +31,9 @@ def shaded(fig):
             for ax in fig.axes if ax.get_visible()]
 
 
-@pytest.mark.parametrize("hw, cfg", [((438, 512), REFERENCE),
+@pytest.mark.parametrize("hw, cfg", [(PHOTO, REFERENCE),
                                      ((600, 1500), REFERENCE),
-                                     ((438, 512), REFERENCE.with_(size_divisible=128,
+                                     (PHOTO, REFERENCE.with_(size_divisible=128,
                                                                   out_channels=256))])
 def test_pyramid_labels_every_level_with_the_engine_shapes(hw, cfg):
     shapes = stage_shapes(*hw, cfg)
@@ -50,17 +53,17 @@ def test_pyramid_labels_every_level_with_the_engine_shapes(hw, cfg):
 
 
 def test_padding_is_shaded_only_where_there_is_padding():
-    padded = plots.draw_pyramid(stage_shapes(438, 512))          # 480x561 -> 480x576
+    padded = plots.draw_pyramid(stage_shapes(*PHOTO))          # 480x561 -> 480x576
     assert all(len(s) == 1 for s in shaded(padded))              # a right strip, in every panel
     strip = shaded(padded)[0][0]
     assert (strip.get_x(), strip.get_width()) == (561, 576 - 561)
-    exact = plots.draw_pyramid(stage_shapes(480, 576))           # already a multiple of 32
+    exact = plots.draw_pyramid(stage_shapes(*PADDED))           # already a multiple of 32
     assert all(len(s) == 0 for s in shaded(exact))
     assert "no padding" in titles(exact)[0]
 
 
 def test_grid_past_the_input_is_marked():
-    shapes = stage_shapes(438, 512)                              # P6 8x9 cells of 64 = 512 > 480
+    shapes = stage_shapes(*PHOTO)                              # P6 8x9 cells of 64 = 512 > 480
     fig = plots.draw_pyramid(shapes)
     t = dict(zip(("padded",) + LEVELS, titles(fig)))
     assert "> input" in t["P6"] and "> input" in t["P7"]
@@ -68,7 +71,7 @@ def test_grid_past_the_input_is_marked():
 
 
 def test_pyramid_of_chosen_levels_only():
-    shapes = stage_shapes(438, 512)
+    shapes = stage_shapes(*PHOTO)
     fpn = plots.draw_pyramid(shapes, levels=("P3", "P4", "P5"))
     assert [t.split(":")[0] for t in titles(fpn)[1:]] == ["P3", "P4", "P5"]
     assert fpn._suptitle.get_text().startswith("ResNet-50-FPN P3-P5")
@@ -77,7 +80,7 @@ def test_pyramid_of_chosen_levels_only():
 
 
 def test_draw_pyramid_names_a_missing_stage():
-    shapes = dict(stage_shapes(438, 512))
+    shapes = dict(stage_shapes(*PHOTO))
     del shapes["P6"]
     with pytest.raises(ValueError, match="shapes has no 'P6' stage"):
         plots.draw_pyramid(shapes)
@@ -86,12 +89,12 @@ def test_draw_pyramid_names_a_missing_stage():
 def test_impossible_addition_draws_the_two_maps():
     cfg = REFERENCE.with_(size_divisible=0)
     with pytest.raises(ShapeError) as info:
-        stage_shapes(438, 512, cfg)
+        stage_shapes(*PHOTO, cfg)
     fig = plots.draw_shape_error(info.value)
     (title,) = titles(fig)
     assert title.startswith("P3: upsampled 60x72 (red) + lateral 60x71 (blue)")
-    png = plots.pyramid_png(438, 512, cfg)
-    assert png.startswith(PNG) and png != plots.pyramid_png(438, 512)
+    png = plots.pyramid_png(*PHOTO, cfg)
+    assert png.startswith(PNG) and png != plots.pyramid_png(*PHOTO)
 
 
 def test_activation_plot_checks_its_input():
@@ -125,6 +128,6 @@ def test_readme_picture_is_up_to_date(tmp_path):
 
 
 def test_pyramid_image_is_a_static_png_output():
-    shown = plots.pyramid_image(438, 512, levels=("P3", "P4", "P5"))
-    assert shown.data == plots.pyramid_png(438, 512, levels=("P3", "P4", "P5"))
+    shown = plots.pyramid_image(*PHOTO, levels=("P3", "P4", "P5"))
+    assert shown.data == plots.pyramid_png(*PHOTO, levels=("P3", "P4", "P5"))
     assert shown.format == "png" and shown.data.startswith(PNG)

@@ -10,6 +10,7 @@ from fpnlab.shapes import (Config, ShapeError, conv_out, pad_to, resized_size, s
                            strides, table)
 from fpnlab.tracing import trace_model
 
+PHOTO = reference_shapes()["image"][1:]      # the trace's photo (H, W)
 MODEL_STAGES = ("stem", "C2", "C3", "C4", "C5", "P3", "P4", "P5", "P6", "P7")
 
 
@@ -34,7 +35,8 @@ def test_resize_rules():
     assert resized_size(480, 700) == (480, 700)          # already the right size
     h, w = resized_size(100, 1000)                       # long side clamped to max_size
     assert w <= 1333 and h == int(round(1333 * 100 / 1000))
-    assert resized_size(438, 512, min_size=800) == (800, 935)
+    h, w = PHOTO                                         # maskrcnn-benchmark's default 800
+    assert resized_size(h, w, min_size=800) == (800, int(round(800 * w / h)))
     with pytest.raises(ValueError, match="height"):
         resized_size(0, 10)
 
@@ -57,7 +59,7 @@ def test_no_padding_makes_p3_impossible_and_names_both_shapes():
 
 
 def test_out_channels_and_p6_source():
-    s = stage_shapes(438, 512, Config(out_channels=256, p6_from="P5"))
+    s = stage_shapes(*PHOTO, Config(out_channels=256, p6_from="P5"))
     assert all(s[k][1] == 256 for k in ("P3", "P4", "P5", "P6", "P7"))
     assert Config(out_channels=256, p6_from="P5", in_channels_stage2=32).use_p5
     assert not Config().use_p5 and Config().p6_in_channels == 2048
@@ -71,7 +73,7 @@ def test_bad_configurations_are_refused(bad):
 
 
 def test_strides_and_table():
-    s = stage_shapes(438, 512)
+    s = stage_shapes(*PHOTO)
     st = strides(s)
     assert st["P3"] == 8 and st["P7"] == 128 and st["image"] is None
     text = table(s)

@@ -8,10 +8,12 @@ import torch
 from torch import nn
 
 from fpnlab import oracle, tracing, widgets
+from fpnlab.reference import reference_shapes
 from fpnlab.shapes import (LEVELS, REFERENCE, STAGES, ShapeError, format_shape, stage_shapes,
                            strides)
 
 PNG = b"\x89PNG\r\n\x1a\n"
+PHOTO = reference_shapes()["image"][1:]      # the trace's photo (H, W)
 
 
 def engine_column(html_text):
@@ -29,9 +31,9 @@ def meta_backbone():
 
 # ----------------------------------------------------------------------------- explore (pure)
 def test_explore_reference_rows_are_the_engine():
-    res = widgets.explore(438, 512)
+    res = widgets.explore(*PHOTO)
     assert res.ok and res.messages == []
-    shapes = stage_shapes(438, 512)
+    shapes = stage_shapes(*PHOTO)
     st = strides(shapes)
     assert [r.stage for r in res.rows] == list(STAGES)
     for r in res.rows:
@@ -43,9 +45,9 @@ def test_explore_reference_rows_are_the_engine():
 @pytest.mark.parametrize("controls", [
     dict(height=600, width=1500),
     dict(height=1600, width=32),
-    dict(height=438, width=512, size_divisible=128),
-    dict(height=438, width=512, out_channels=256),
-    dict(height=438, width=512, p6_from="P5"),
+    dict(height=PHOTO[0], width=PHOTO[1], size_divisible=128),
+    dict(height=PHOTO[0], width=PHOTO[1], out_channels=256),
+    dict(height=PHOTO[0], width=PHOTO[1], p6_from="P5"),
     dict(height=700, width=900, min_size=800, max_size=1333),
     dict(height=700, width=900, min_size=800, max_size=900),
     dict(height=480, width=576, size_divisible=0),      # no padding needed: still possible
@@ -53,20 +55,20 @@ def test_explore_reference_rows_are_the_engine():
 def test_setting_a_control_changes_the_table_as_the_engine_says(controls):
     box = widgets.shape_explorer(show_pyramid=False)
     before = box.table.value
-    assert engine_column(before) == expected_column(438, 512)
+    assert engine_column(before) == expected_column(*PHOTO)
     for name, value in controls.items():
         box.controls[name].value = value
     cfg = REFERENCE.with_(**{k: v for k, v in controls.items() if k not in ("height", "width")})
     expected = expected_column(controls["height"], controls["width"], cfg)
     assert engine_column(box.table.value) == expected
-    if expected != expected_column(438, 512):
+    if expected != expected_column(*PHOTO):
         assert box.table.value != before
 
 
 def test_impossible_addition_is_shown_where_and_why():
-    res = widgets.explore(438, 512, size_divisible=0)
+    res = widgets.explore(*PHOTO, size_divisible=0)
     with pytest.raises(ShapeError) as info:
-        stage_shapes(438, 512, REFERENCE.with_(size_divisible=0))
+        stage_shapes(*PHOTO, REFERENCE.with_(size_divisible=0))
     err = info.value
     assert not res.ok and res.messages == []
     bad = [r for r in res.rows if r.status == "error"]
@@ -102,9 +104,9 @@ def test_bad_control_values_show_a_message_and_never_raise(name, value, message)
     assert message in box.table.value
     assert "fpnlab-messages" in box.table.value and "fpnlab-shapes" not in box.table.value
     assert box.pyramid.layout.display == "none"
-    box.controls[name].value = getattr(REFERENCE, name, 438 if name == "height" else 512)
+    box.controls[name].value = getattr(REFERENCE, name, PHOTO[0] if name == "height" else PHOTO[1])
     assert "fpnlab-messages" not in box.table.value
-    assert engine_column(box.table.value) == expected_column(438, 512)
+    assert engine_column(box.table.value) == expected_column(*PHOTO)
     assert box.pyramid.layout.display is None
 
 
@@ -116,7 +118,7 @@ def test_bad_control_values_show_a_message_and_never_raise(name, value, message)
     (dict(p6_from="C4"), "P6 reads C5 or P5, got 'C4'"),
 ])
 def test_explore_rejects_values_no_control_can_hold(kwargs, message):
-    res = widgets.explore(**{"height": 438, "width": 512, **kwargs})
+    res = widgets.explore(**{"height": PHOTO[0], "width": PHOTO[1], **kwargs})
     assert res.messages == [message] and res.rows == [] and not res.ok
     assert message.replace("'", "&#x27;") in widgets.explorer_html(res)
 
@@ -151,12 +153,12 @@ def test_a_model_that_survives_odd_sizes_is_explained(meta_backbone):
 
 
 def test_model_built_for_other_channels_is_flagged(meta_backbone):
-    res = widgets.explore(438, 512, out_channels=256, model=meta_backbone)
+    res = widgets.explore(*PHOTO, out_channels=256, model=meta_backbone)
     flagged = {r.stage for r in res.rows if r.status == "mismatch"}
     assert flagged == set(LEVELS)           # the model has 1024 channels, the controls say 256
     assert all(r.status == "ok" for r in res.rows if r.stage in ("padded", "stem", "C2", "C5"))
     assert "built with out_channels=1024; the controls say 256" in widgets.explorer_html(res)
-    same = widgets.explore(438, 512, model=meta_backbone)
+    same = widgets.explore(*PHOTO, model=meta_backbone)
     assert "built with out_channels" not in widgets.explorer_html(same)
 
 
@@ -166,7 +168,7 @@ def test_a_wrong_model_is_flagged_from_the_first_wrong_stage():
         m.body.maxpool = nn.Identity()         # stem at stride 2 instead of 4
         return m
 
-    res = widgets.explore(438, 512, model=widgets.MetaModel(no_maxpool))
+    res = widgets.explore(*PHOTO, model=widgets.MetaModel(no_maxpool))
     status = {r.stage: r.status for r in res.rows}
     assert status["padded"] == "ok"
     assert all(status[s] == "mismatch" for s in ("stem", "C2", "C3", "C4", "C5", *LEVELS))
@@ -216,10 +218,10 @@ def _toy_model():
 
 def test_a_maskrcnn_style_model_fails_where_the_engine_says():
     toy = widgets.MetaModel(_toy_model)
-    fine = widgets.explore(438, 512, out_channels=256, model=toy)
+    fine = widgets.explore(*PHOTO, out_channels=256, model=toy)
     assert fine.model_error is None
     assert all(r.status == "ok" for r in fine.rows if r.stage not in ("image", "resized"))
-    broken = widgets.explore(438, 512, size_divisible=0, out_channels=256, model=toy)
+    broken = widgets.explore(*PHOTO, size_divisible=0, out_channels=256, model=toy)
     assert broken.shape_error.level == "P3"
     assert broken.model_error.startswith("RuntimeError: ")      # the model's own message
     assert "72" in broken.model_error and "71" in broken.model_error   # P3 widths
@@ -228,9 +230,9 @@ def test_a_maskrcnn_style_model_fails_where_the_engine_says():
 
 
 def test_a_model_that_fails_shows_its_error_and_never_raises():
-    res = widgets.explore(438, 512, model=widgets.MetaModel(nn.Linear(3, 3)))
+    res = widgets.explore(*PHOTO, model=widgets.MetaModel(nn.Linear(3, 3)))
     assert res.model_error.startswith("ValueError: cannot tell where the stages are")
-    assert res.rows and res.rows[-1].engine == stage_shapes(438, 512)["P7"]
+    assert res.rows and res.rows[-1].engine == stage_shapes(*PHOTO)["P7"]
     assert "your model raised" in widgets.explorer_html(res)
     box = widgets.shape_explorer(model="not a model")
     assert "cannot use this model: TypeError" in box.table.value
@@ -258,7 +260,7 @@ def test_meta_copy_leaves_the_model_alone():
 
 # ----------------------------------------------------------------------------- pyramid widget
 def test_pyramid_widget_is_a_png_that_changes_with_the_size():
-    a, b = widgets.pyramid(438, 512), widgets.pyramid(600, 1500)
+    a, b = widgets.pyramid(*PHOTO), widgets.pyramid(600, 1500)
     pa, pb = bytes(a.value), bytes(b.value)
     assert pa.startswith(PNG) and pb.startswith(PNG) and pa != pb
     box = widgets.shape_explorer()
@@ -322,7 +324,7 @@ def test_feature_maps_levels_have_the_engine_shapes(small_run):
     model, image, cfg = small_run
     levels = widgets.compute_levels(model, image)
     (h, w), = image["image_sizes"]
-    shapes = stage_shapes(438, 512, cfg.with_(out_channels=256))
+    shapes = stage_shapes(*PHOTO, cfg.with_(out_channels=256))
     assert list(levels.maps) == list(LEVELS)
     for lv in LEVELS:
         assert tuple(levels.maps[lv].shape) == shapes[lv][1:]
