@@ -133,7 +133,7 @@ def _public_words(nb) -> set:
     """Words a message may show although the learner's data holds them: those of the
     instructor's notebook outside its hidden tests, and of the checks' own messages. Any other word that came from the learner's data is cut out of a verdict, so a
     kernel cannot smuggle text (hidden tests it saw, encoded) into feedback through a name."""
-    from fpnlab.grade import strip_hidden
+    from autograder.grade import strip_hidden
 
     words = set()
     for cell in nb.cells:
@@ -355,7 +355,7 @@ def apply(course: Path, assignment: str, student: str, notebook: str, source: Pa
     """Judge ``course/autograded/student/assignment/notebook`` against the instructor's
     ``source``, write the scores into ``course``'s gradebook and the verdicts to
     ``course/grading/verdicts/<student>/<assignment>.json``, where feedback is made from
-    (``fpnlab.grade.SanitizeFeedback``). The autograded notebook stays as the kernel left it,
+    (``autograder.grade.SanitizeFeedback``). The autograded notebook stays as the kernel left it,
     for the instructor. Returns ``(score, verdicts)``."""
     path = course / "autograded" / student / assignment / notebook
     verdicts = client.judge(source, path)

@@ -10,8 +10,11 @@ c = get_config()  # noqa: F821 (nbgrader's config loader provides it)
 c.CourseDirectory.course_id = "fpnlab"
 c.CourseDirectory.source_directory = "solutions"
 c.CourseDirectory.release_directory = "lessons"
-c.CourseDirectory.root = os.environ.get(
-    "FPNLAB_COURSE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The course folder: the one a tool names, else the folder of the nbgrader_config.py that loads
+# this file (the repository's, or the one `fpnlab grade` writes into OUT), else nbgrader's own
+# default (the working directory).
+if os.environ.get("FPNLAB_COURSE_ROOT"):
+    c.CourseDirectory.root = os.environ["FPNLAB_COURSE_ROOT"]
 # Only the notebooks are assignment material; keep build debris out of the release.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".nbgrader.log"]
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}

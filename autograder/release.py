@@ -6,7 +6,6 @@ run never leaves lessons/ half written.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -33,16 +32,10 @@ def write_config(course_root: Path) -> None:
 
 def nbgrader(args: list[str], course_root: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run nbgrader with the course config on ``course_root``; the venv's bin/ on PATH."""
+    from .grade import run_nbgrader     # the one nbgrader runner of the course's tools
+
     write_config(course_root)
-    env = dict(os.environ)
-    env["FPNLAB_COURSE_ROOT"] = str(course_root)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [sys.executable, "-m", "nbgrader", *args]
-    proc = subprocess.run(cmd, cwd=course_root, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"nbgrader {' '.join(args)} failed ({proc.returncode}):\n"
-                           f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
+    return run_nbgrader(args, Path(course_root), check=check)
 
 
 def generate(into: Path, names: list[str] | None = None, root: Path = ROOT) -> Path:

@@ -59,30 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="compare with the reference trace; exit 1 at the first stage that differs")
     t.set_defaults(func=cmd_trace)
 
-    g = sub.add_parser("grade", help="autograde a class's submissions (nbgrader, sandboxed)",
-                       description="Autograde submissions with nbgrader, each notebook in a "
-                       "bubblewrap sandbox; writes OUT/grades.csv, OUT/feedback/ and the gradebook.")
-    g.add_argument("lesson", metavar="LESSON", help="an assignment name (e.g. 01-preprocessing) or all")
-    g.add_argument("submissions", metavar="SUBMISSIONS",
-                   help="a folder <student>/<lesson>/<notebook>.ipynb (or <student>/<notebook>.ipynb), "
-                   "or an LMS .zip of <student>_<anything>.ipynb files (see --zip-pattern)")
-    g.add_argument("--out", required=True, help="the grading course folder (kept across runs)")
-    g.add_argument("--workers", type=_positive, default=1, help="shards graded at once (default 1)")
-    g.add_argument("--timeout", type=_positive, default=600,
-                   help="wall-clock limit per notebook in seconds (default 600)")
-    g.add_argument("--memory-gb", type=_positive, default=6, help="memory limit per kernel in GB (default 6)")
-    g.add_argument("--source", default=None, help="course source folder (default: the repo's solutions/)")
-    g.add_argument("--unsafe-no-sandbox", action="store_true",
-                   help="run learner code without bubblewrap (rlimits and timeout only)")
-    g.add_argument("--cold-kernels", action="store_true",
-                   help="a fresh sandbox and Python for every notebook, instead of one warm "
-                   "sandbox per student that imports torch once and forks a kernel per notebook")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--zip-pattern", default=None, metavar="REGEX",
-                   help="where a flat zip entry's name holds the student id: a regular expression "
-                   "with a (?P<student_id>...) group (default: the text before the first _)")
-    g.add_argument("--force", action="store_true",
-                   help="grade every submission again, unchanged ones too (e.g. after a timeout)")
+    g = sub.add_parser("grade", add_help=False,
+                       help="autograde a class's submissions (the instructor's side, installed "
+                       "with pip install 'fpnlab[grader]'; fpnlab grade --help for its options)")
+    g.add_argument("arguments", nargs=argparse.REMAINDER)
     g.set_defaults(func=cmd_grade)
 
     k = sub.add_parser("check", help="run a notebook's visible tests and say what passes")
@@ -90,28 +70,37 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--timeout", type=_positive, default=600, help="per-cell limit in seconds")
     k.add_argument("--kernel", default=None, help="kernel name (default: the notebook's, else python3)")
     k.set_defaults(func=cmd_check)
+
+    w = sub.add_parser("lessons", help="copy the lessons into your workspace and open it in JupyterLab",
+                       description="Copy the released lessons and the explorer into your workspace "
+                       "(never over your own files), write its START.ipynb, then open JupyterLab "
+                       "there with the course's kernel.")
+    w.add_argument("dir", metavar="DIR", nargs="?", default=None,
+                   help="the workspace (default: $FPNLAB_WORKSPACE, else workspace/ in the course "
+                   "repository, else ~/fpnlab)")
+    w.add_argument("--reset", metavar="LESSON", default=None,
+                   help="restore LESSON (a number, e.g. 03, or a name, or explore) from the release, "
+                   "keeping your file as a backup; then exit")
+    w.add_argument("--no-open", action="store_true", help="prepare the workspace, do not open the lab")
+    w.add_argument("--port", type=_positive, default=None, help="the lab's port (default 8888 or free)")
+    w.add_argument("--no-browser", action="store_true", help="print the lab's URL, open no browser")
+    w.add_argument("--allow-root", action="store_true", help="let the lab run as root")
+    w.set_defaults(func=cmd_lessons)
     return p
 
 
 def cmd_grade(args) -> int:
-    from pathlib import Path
+    """``fpnlab grade``: the grader's own command line (:mod:`autograder.grade`)."""
+    import importlib.util
 
-    from .grade import Settings, UsageError, grade
-
-    settings = Settings(timeout=args.timeout, memory=args.memory_gb << 30,
-                        sandbox=not args.unsafe_no_sandbox, warm=not args.cold_kernels)
-    if args.unsafe_no_sandbox:
-        print("fpnlab grade: WARNING: --unsafe-no-sandbox: learner code runs with your rights",
-              file=sys.stderr)
-    try:
-        grade(args.lesson, Path(args.submissions), Path(args.out), workers=args.workers,
-              settings=settings, source=Path(args.source) if args.source else None,
-              progress=False if args.no_progress else None, force=args.force,
-              **({"zip_pattern": args.zip_pattern} if args.zip_pattern else {}))
-    except UsageError as e:
-        print(f"fpnlab grade: {e}", file=sys.stderr)
+    missing = [m for m in ("autograder", "nbgrader") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"fpnlab grade: the grader is not installed ({', '.join(missing)} missing): "
+              f"pip install 'fpnlab[grader]=={__version__}'", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_OK
+    from autograder.grade import main as grade_main
+
+    return grade_main(args.arguments)
 
 
 def cmd_check(args) -> int:
@@ -121,6 +110,27 @@ def cmd_check(args) -> int:
         return run_check(args.notebook, timeout=args.timeout, kernel=args.kernel)
     except CheckUsageError as e:
         print(f"fpnlab check: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def cmd_lessons(args) -> int:
+    from pathlib import Path
+
+    from . import workspace as ws
+
+    try:
+        folder = Path(args.dir).expanduser() if args.dir else ws.default_workspace()
+        if args.reset:
+            for restored, backup in ws.reset(folder, args.reset):
+                kept = f"; your file is kept as {backup}" if backup else " (it equalled the release)"
+                print(f"fpnlab lessons: {restored} restored from the release{kept}")
+        print("\n".join(ws.prepare(folder).lines()))
+        if args.no_open or args.reset:
+            return EXIT_OK
+        return ws.open_lab(folder, port=args.port, browser=not args.no_browser,
+                           allow_root=args.allow_root)
+    except ws.WorkspaceError as e:
+        print(f"fpnlab lessons: {e}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -228,6 +238,9 @@ def cmd_trace(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["grade"]:        # the grader parses its own options (--help included)
+        return cmd_grade(argparse.Namespace(arguments=argv[1:]))
     parser = _parser()
     args = parser.parse_args(argv)
     return args.func(args)

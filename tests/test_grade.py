@@ -15,8 +15,10 @@ import nbformat
 import pytest
 
 from autograder import judge as judging
-from fpnlab import cli, sandbox
-from fpnlab import grade as G
+from autograder import grade as G
+from autograder import sandbox
+from fpnlab import cli
+
 from conftest import IN_CI, requires
 from grading import toy
 
@@ -430,7 +432,7 @@ def _warm_processes(tmp_path: Path) -> list:
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if not (proc.name.isdigit() and b"fpnlab.warmkernel" in (proc / "cmdline").read_bytes()):
+            if not (proc.name.isdigit() and b"autograder.warmkernel" in (proc / "cmdline").read_bytes()):
                 continue
             uid = next(ln.split()[1] for ln in (proc / "status").read_text().splitlines()
                        if ln.startswith("Uid:"))
@@ -468,7 +470,7 @@ def test_the_warm_preload_leaves_one_thread_and_cuda_uninitialised():
     (The CUDA half matters on a GPU machine; on a CPU one it still runs the preload.)"""
     import subprocess
 
-    code = ("from fpnlab.warmkernel import preload\npreload()\n"
+    code = ("from autograder.warmkernel import preload\npreload()\n"
             "import os, torch\nprint('INIT', torch.cuda.is_initialized())\n"
             "print('THREADS', len(os.listdir('/proc/self/task')))")
     env = dict(os.environ, **{var: "1" for var in sandbox.THREAD_VARS})    # as in the sandbox

@@ -22,8 +22,8 @@ import re
 
 import pytest
 
-from fpnlab import grade as G
-from fpnlab import sandbox
+from autograder import grade as G
+from autograder import sandbox
 from conftest import requires
 from grading import toy
 

@@ -16,8 +16,8 @@ import threading
 import nbformat
 import pytest
 
-from fpnlab import grade as G
-from fpnlab import sandbox
+from autograder import grade as G
+from autograder import sandbox
 from conftest import requires
 from grading import toy
 

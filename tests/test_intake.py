@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fpnlab import grade as G
+from autograder import grade as G
 from grading import toy
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -206,7 +206,7 @@ def test_feedback_notebook_holds_verdicts_and_no_kernel_output(lesson):
         if cell.cell_type == "code" and not cell.get("outputs"):
             cell.outputs = [nbformat.v4.new_output("stream", text="kernel printout")]
     verdicts = lesson.judge(nb)
-    from fpnlab.grade import strip_hidden
+    from autograder.grade import strip_hidden
     fb = judging.feedback_notebook(nb, verdicts, strip_hidden)
     text = json.dumps(fb)
     assert "kernel printout" not in text and J.MIME not in text

@@ -1,6 +1,6 @@
 """nbgrader settings for `fpnlab grade`, loaded after autograder/nbgrader_config.py.
 
-`fpnlab grade` runs nbgrader with the environment variables read here set; see fpnlab/grade.py.
+`fpnlab grade` runs nbgrader with the environment variables read here set; see autograder/grade.py.
 """
 import os
 
@@ -24,8 +24,8 @@ c.Execute.startup_timeout = 120
 c.Execute.iopub_timeout = 30
 # Execute with a cap on the output a notebook may send back (100 MB of print()).
 c.Autograde.autograde_preprocessors = [
-    "fpnlab.grade.CappedExecute",
-    "fpnlab.grade.KeepHandOvers",      # nbgrader's own verdict is discarded: the judge decides
+    "autograder.grade.CappedExecute",
+    "autograder.grade.KeepHandOvers",      # nbgrader's own verdict is discarded: the judge decides
     "nbgrader.preprocessors.IgnorePattern",
     "nbconvert.preprocessors.ClearMetadataPreprocessor",
     "nbgrader.preprocessors.LimitOutput",
@@ -39,7 +39,7 @@ c.LimitOutput.max_traceback = 60
 # failed test keeps its message (stage, expected, actual, likely cause).
 c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",
-    "fpnlab.grade.SanitizeFeedback",
+    "autograder.grade.SanitizeFeedback",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
 # Times in the grading logs (grading/logs/), so a slow notebook shows where its time went.

@@ -1,6 +1,6 @@
 """A Jupyter kernel wrapped in bubblewrap, for grading code nobody has reviewed.
 
-``fpnlab grade`` writes a kernelspec whose ``argv`` runs ``python -m fpnlab.sandbox kernel -f
+``fpnlab grade`` writes a kernelspec whose ``argv`` runs ``python -m autograder.sandbox kernel -f
 {connection_file}``. That launcher runs *outside* the sandbox with the grader's rights and:
 
 1. when started as root, the kernel still runs as an unprivileged uid (root is exempt from
@@ -16,7 +16,7 @@
    launcher binds the kernel's unix sockets itself in the grader's private runtime folder and
    hands the kernel their descriptors (ZMQ ``USE_FD``) together with a copy of the connection
    file: nothing the kernel can write is ever followed, chowned or read by the grader;
-3. inside, ``python -m fpnlab.sandbox limits ...`` sets the rlimits (memory, processes,
+3. inside, ``python -m autograder.sandbox limits ...`` sets the rlimits (memory, processes,
    file size, CPU time, open files, no core files) and execs the kernel, so the process limit
    counts only the sandbox's own processes;
 4. kills the whole sandbox after a wall-clock limit and writes what happened (``ok``, ``timeout``,
@@ -25,7 +25,7 @@
 
 With ``Limits.warm`` (what ``fpnlab grade`` uses) steps 1 to 3 run once per student: the sandbox
 holds a Python that has imported torch, which forks a kernel per notebook
-(:mod:`fpnlab.warmkernel`) and kills every other process of the sandbox when a kernel ends; the
+(:mod:`autograder.warmkernel`) and kills every other process of the sandbox when a kernel ends; the
 launcher asks it for a kernel and waits for its exit code, and stops the whole sandbox on a
 timeout or before another student's notebook.
 
@@ -388,12 +388,18 @@ def _system_binds() -> List[str]:
 
 
 def _python_paths() -> List[str]:
-    """Folders the kernel needs to read: the interpreter, the venv, the fpnlab package."""
+    """Folders the kernel needs to read: the interpreter, the venv, the fpnlab package (what the
+    notebooks import) and this package (the sandbox's own steps and the warm kernel)."""
     import fpnlab
 
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix,
              os.path.dirname(os.path.realpath(sys.executable)),
-             str(Path(fpnlab.__file__).resolve().parent)}
+             str(Path(fpnlab.__file__).resolve().parent), str(Path(__file__).resolve().parent)}
+    # Installed packages may also live in site folders outside the venv (a .pth, a system site);
+    # only folders named like one: the import path's other entries (the working directory, a
+    # PYTHONPATH) may be the course repository, whose solutions the kernel must never read.
+    paths |= {p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")
+              and os.path.isdir(p)}
     # Interpreter prefixes are typically under /usr already; skip those to keep the view small.
     return sorted(p for p in paths if p and not p.startswith("/usr/"))
 
@@ -450,7 +456,7 @@ def bwrap_command(bwrap: str, limits: Limits, inner: List[str], as_root: bool = 
 
 def _limits_argv(limits: Limits, uid: Optional[int] = None) -> List[str]:
     cpu = limits.cpu if limits.cpu is not None else int(limits.timeout) + 30
-    argv = [sys.executable, "-m", "fpnlab.sandbox", "limits", "--as", str(limits.memory),
+    argv = [sys.executable, "-m", "autograder.sandbox", "limits", "--as", str(limits.memory),
             "--nproc", str(limits.nproc), "--fsize", str(limits.fsize),
             "--nofile", str(limits.nofile), "--cpu", str(cpu)]
     if uid is not None:
@@ -551,7 +557,7 @@ def close_sockets(sockets: Dict[str, socket.socket], unlink: bool = True) -> Non
 
 
 def _enter_argv(cgroup: Optional[Cgroup], as_root: bool) -> List[str]:
-    argv = [sys.executable, "-m", "fpnlab.sandbox", "enter"]
+    argv = [sys.executable, "-m", "autograder.sandbox", "enter"]
     for procs in (cgroup.procs_files() if cgroup else []):
         argv += ["--cgroup", procs]
     return argv + (["--userns"] if as_root else []) + ["--"]
@@ -598,8 +604,8 @@ def launch(kernel_argv: List[str], connection_file: str, limits: Limits,
         read_end, write_end = os.pipe()
         with os.fdopen(write_end, "w") as f:          # small: the pipe's buffer holds it
             json.dump(request, f)
-        if "-f" in kernel_argv:                   # ipykernel: fpnlab.warmkernel runs it
-            inner = [sys.executable, "-m", "fpnlab.warmkernel", "run", str(read_end)]
+        if "-f" in kernel_argv:                   # ipykernel: autograder.warmkernel runs it
+            inner = [sys.executable, "-m", "autograder.warmkernel", "run", str(read_end)]
         else:                                     # a plain command (tests)
             inner = list(kernel_argv)
         cgroup, line = Cgroup.create(*cgroup_limits(limits), tag=str(uid or os.getuid()))
@@ -662,7 +668,7 @@ def _report_exit(status_path: Optional[str], code: int, took: float) -> None:
 def _launch_warm(kernel_argv: List[str], connection_file: str, limits: Limits, uid: Optional[int],
                  status_path: Optional[str], state_folder: str, info: dict,
                  sockets: Dict[str, socket.socket]) -> int:
-    """:func:`launch` through the student's warm sandbox (:mod:`fpnlab.warmkernel`)."""
+    """:func:`launch` through the student's warm sandbox (:mod:`autograder.warmkernel`)."""
     from . import warmkernel
 
     runtime = os.path.dirname(connection_file)
@@ -673,7 +679,7 @@ def _launch_warm(kernel_argv: List[str], connection_file: str, limits: Limits, u
     def command_for(listen_fd: int):
         """The sandbox's argv (its zygote serves on ``listen_fd``), its cgroup, the log line."""
         cgroup, line = Cgroup.create(*cgroup_limits(limits), tag=str(uid or os.getuid()))
-        inner = _limits_argv(limits, uid) + [sys.executable, "-m", "fpnlab.warmkernel", "serve",
+        inner = _limits_argv(limits, uid) + [sys.executable, "-m", "autograder.warmkernel", "serve",
                                              "--fd", str(listen_fd)]
         return _enter_argv(cgroup, as_root) + bwrap_command(bwrap, limits, inner, as_root), cgroup, line
 
@@ -763,7 +769,7 @@ def set_limits(memory: int, nproc: int, fsize: int, nofile: int, cpu: int,
 
 def kernelspec(python: str = sys.executable) -> dict:
     """The kernel.json of the sandboxed kernel (its settings come from the environment)."""
-    return {"argv": [python, "-m", "fpnlab.sandbox", "kernel", "-f", "{connection_file}"],
+    return {"argv": [python, "-m", "autograder.sandbox", "kernel", "-f", "{connection_file}"],
             "display_name": "Python 3 (fpnlab, sandboxed)", "language": "python",
             "interrupt_mode": "message", "metadata": {"debugger": False}}
 
@@ -782,7 +788,7 @@ def _main_enter(argv: List[str]) -> int:
             break
     command = argv[1:] if argv[:1] == ["--"] else []
     if not command:
-        print("usage: python -m fpnlab.sandbox enter [--cgroup FILE]... [--userns] -- COMMAND...",
+        print("usage: python -m autograder.sandbox enter [--cgroup FILE]... [--userns] -- COMMAND...",
               file=sys.stderr)
         return 2
     enter(cgroups, userns, command)
@@ -793,7 +799,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["enter"]:
         return _main_enter(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m fpnlab.sandbox", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m autograder.sandbox", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     k = sub.add_parser("kernel", help="launch an ipykernel in the sandbox (kernelspec argv)")
     k.add_argument("-f", dest="connection_file", required=True)

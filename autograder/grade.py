@@ -10,10 +10,10 @@ What nbgrader does not do by itself, and this module adds (see autograder/README
 - reads every submission itself first: a file that is not a notebook, too large or missing gets
   a status and a 0 without reaching nbgrader; outputs are dropped, duplicated grade cells are
   turned into plain cells (nbgrader #1083), the kernelspec is the course's;
-- runs learner code only in the bubblewrap kernel of :mod:`fpnlab.sandbox` (no network, no
+- runs learner code only in the bubblewrap kernel of :mod:`autograder.sandbox` (no network, no
   repository, course directory, gradebook or other submissions, rlimits, a wall-clock limit),
   one warm sandbox per student that imports torch once and forks a kernel per notebook
-  (:mod:`fpnlab.warmkernel`);
+  (:mod:`autograder.warmkernel`);
 - grades ``--workers N`` shards at once, each an nbgrader course of its own with its own sqlite
   gradebook, and merges them into ``OUT/gradebook.db`` from this one process;
 - writes feedback HTML without hidden tests or tracebacks (nbgrader #1363), but with each failed
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import argparse
 import html
 import io
 import itertools
@@ -47,14 +48,12 @@ import nbformat
 
 from . import sandbox, warmkernel
 
-ROOT = Path(__file__).resolve().parent.parent
-try:
-    from autograder import judge as judging
-except ImportError:              # `fpnlab grade` run from outside the repository
-    sys.path.insert(0, str(ROOT))
-    from autograder import judge as judging
-COURSE_CONFIG = ROOT / "autograder" / "nbgrader_config.py"
-GRADING_CONFIG = ROOT / "autograder" / "grading" / "nbgrader_config.py"
+from . import judge as judging
+
+HERE = Path(__file__).resolve().parent
+# nbgrader's configuration ships with this package: the course's, then the grading settings.
+COURSE_CONFIG = HERE / "nbgrader_config.py"
+GRADING_CONFIG = HERE / "grading" / "nbgrader_config.py"
 
 GRADED = "graded"
 # status -> what it means (README and feedback quote these)
@@ -171,10 +170,14 @@ def prepare_course(out: Path, source: Path, lessons: List[str]) -> Dict[str, str
 
 def write_config(course: Path) -> None:
     (course / "nbgrader_config.py").write_text(
-        "# Written by `fpnlab grade`: the course settings, then the grading settings.\n"
+        "# Written by `fpnlab grade`: the course settings, then the grading settings. nbgrader\n"
+        "# commands run in this folder (export, formgrader, generate_feedback, release_feedback)\n"
+        "# work on this folder's gradebook.\n"
+        "import os\n"
         "c = get_config()  # noqa: F821\n"
         f"load_subconfig({str(COURSE_CONFIG)!r})  # noqa: F821\n"
-        f"load_subconfig({str(GRADING_CONFIG)!r})  # noqa: F821\n")
+        f"load_subconfig({str(GRADING_CONFIG)!r})  # noqa: F821\n"
+        "c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))\n")
 
 
 def run_nbgrader(args: List[str], course: Path, env: Optional[dict] = None, check: bool = False,
@@ -590,7 +593,7 @@ class Settings:
     nproc: int = 256
     sandbox: bool = True
     max_bytes: int = 20 << 20
-    warm: bool = True          # a warm sandbox per student (fpnlab.warmkernel); needs the sandbox
+    warm: bool = True          # a warm sandbox per student (autograder.warmkernel); needs the sandbox
 
 
 def _kernel_dir(course: Path) -> Path:
@@ -924,6 +927,17 @@ def write_grades(path: Path, rows: Iterable[Row]) -> None:
 
 # ----------------------------------------------------------------------------- entry point
 
+def default_source() -> Path:
+    """The instructor's notebooks when ``--source`` is not given: ``./solutions`` (the course
+    repository's top folder is the working directory), else the solutions/ of the checkout this
+    package runs from. An installed package ships no solutions."""
+    for candidate in (Path.cwd() / "solutions", HERE.parent / "solutions"):
+        if candidate.is_dir():
+            return candidate.resolve()
+    raise UsageError("no course source: run from the course repository (its solutions/ folder) "
+                     "or give --source FOLDER (the instructor's notebooks)")
+
+
 def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
           settings: Optional[Settings] = None, source: Optional[Path] = None,
           progress: Optional[bool] = None, force: bool = False,
@@ -935,7 +949,10 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
     Raises :class:`UsageError` for a bad invocation.
     """
     settings = settings or Settings()
-    source = Path(source or ROOT / "solutions").resolve()
+    source = default_source() if source is None else Path(source).resolve()
+    if not source.is_dir():
+        raise UsageError(f"the course source {source} is not a folder (give --source: the folder "
+                         f"of the instructor's notebooks, solutions/ in the course repository)")
     out = Path(out).resolve()
     submissions = Path(submissions).resolve()
     available = lessons_in(source)
@@ -1219,7 +1236,7 @@ def _preprocessors():
         def _fpnlab_hand_over(self, kind, content, cell_index) -> bool:
             """A ``display_data`` of the judge's type in a graded test cell."""
             try:
-                from .judge import MIME
+                from fpnlab.judge import MIME
             except ImportError:  # pragma: no cover (no judge in this tree)
                 return False
             try:
@@ -1316,7 +1333,7 @@ def strip_hidden(source: str) -> str:
 def _keep_hand_overs():
     from nbconvert.preprocessors import Preprocessor
 
-    from .judge import MIME
+    from fpnlab.judge import MIME
 
     class KeepHandOvers(Preprocessor):
         """After execution, a test cell keeps only its hand-over outputs: what the kernel says
@@ -1347,3 +1364,60 @@ def __getattr__(name):
         globals().update(CappedExecute=capped, SanitizeFeedback=sanitize)
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _parser() -> argparse.ArgumentParser:
+    from fpnlab.cli import _positive
+
+    g = argparse.ArgumentParser(
+        prog="fpnlab grade",
+        description="Autograde submissions with nbgrader, each notebook in a bubblewrap sandbox; "
+        "a trusted judge outside the sandbox decides every score. Writes OUT/grades.csv, "
+        "OUT/feedback/ and OUT/gradebook.db (nbgrader's commands work in OUT).")
+    g.add_argument("lesson", metavar="LESSON", help="an assignment name (e.g. 01-preprocessing) or all")
+    g.add_argument("submissions", metavar="SUBMISSIONS",
+                   help="a folder <student>/<lesson>/<notebook>.ipynb (or <student>/<notebook>.ipynb), "
+                   "or an LMS .zip of <student>_<anything>.ipynb files (see --zip-pattern)")
+    g.add_argument("--out", required=True, help="the grading course folder (kept across runs)")
+    g.add_argument("--workers", type=_positive, default=1, help="shards graded at once (default 1)")
+    g.add_argument("--timeout", type=_positive, default=600,
+                   help="wall-clock limit per notebook in seconds (default 600)")
+    g.add_argument("--memory-gb", type=_positive, default=6, help="memory limit per kernel in GB (default 6)")
+    g.add_argument("--source", default=None,
+                   help="the instructor's notebooks, one folder per lesson (default: ./solutions, "
+                   "or the course repository's solutions/)")
+    g.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="run learner code without bubblewrap (rlimits and timeout only)")
+    g.add_argument("--cold-kernels", action="store_true",
+                   help="a fresh sandbox and Python for every notebook, instead of one warm "
+                   "sandbox per student that imports torch once and forks a kernel per notebook")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--zip-pattern", default=None, metavar="REGEX",
+                   help="where a flat zip entry's name holds the student id: a regular expression "
+                   "with a (?P<student_id>...) group (default: the text before the first _)")
+    g.add_argument("--force", action="store_true",
+                   help="grade every submission again, unchanged ones too (e.g. after a timeout)")
+    return g
+
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``fpnlab grade ARGS``: exit 0 when the run finished (grades.csv says how each notebook
+    fared), 2 for a bad invocation."""
+    args = _parser().parse_args(argv)
+    settings = Settings(timeout=args.timeout, memory=args.memory_gb << 30,
+                        sandbox=not args.unsafe_no_sandbox, warm=not args.cold_kernels)
+    if args.unsafe_no_sandbox:
+        print("fpnlab grade: WARNING: --unsafe-no-sandbox: learner code runs with your rights",
+              file=sys.stderr)
+    try:
+        grade(args.lesson, Path(args.submissions), Path(args.out), workers=args.workers,
+              settings=settings, source=Path(args.source) if args.source else None,
+              progress=False if args.no_progress else None, force=args.force,
+              **({"zip_pattern": args.zip_pattern} if args.zip_pattern else {}))
+    except UsageError as e:
+        print(f"fpnlab grade: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -3,8 +3,8 @@ each of that student's notebooks.
 
 Every graded notebook would otherwise pay the floor (start Python, import torch and torchvision:
 about 3 s on a laptop CPU) before its first cell; one student's whole course paid it seven times.
-Here the launcher (:func:`fpnlab.sandbox.launch`, outside the sandbox) starts, for a student,
-``bwrap ... python -m fpnlab.sandbox limits ... -- python -m fpnlab.warmkernel serve SOCKET``:
+Here the launcher (:func:`autograder.sandbox.launch`, outside the sandbox) starts, for a student,
+``bwrap ... python -m autograder.sandbox limits ... -- python -m autograder.warmkernel serve SOCKET``:
 the same sandbox, limits and unprivileged uid as a cold kernel. That process (the *zygote*)
 imports torch, torchvision, ipykernel and fpnlab, then listens on a unix socket the launcher
 bound in the grader's private runtime folder and handed over as a descriptor (the sandbox never
@@ -49,7 +49,7 @@ STATE_NAME = "warm.json"     # in the grader's status folder: the sandbox cannot
 IDLE = 120.0                 # seconds a zygote waits for its next notebook
 PRELOAD = ("torch", "torchvision", "numpy", "ipykernel.kernelapp", "fpnlab", "fpnlab.checks",
            "fpnlab.device", "fpnlab.oracle", "fpnlab.reference", "fpnlab.shapes", "fpnlab.tracing",
-           "fpnlab.sandbox")
+           "autograder.sandbox")
 
 
 # ----------------------------------------------------------------------------- inside the sandbox
@@ -298,7 +298,7 @@ def _read_state(folder: str) -> dict:
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"fpnlab.warmkernel" in f.read()
+            return b"autograder.warmkernel" in f.read()
     except OSError:
         return False
 
@@ -365,7 +365,7 @@ def connect(student: str, state_folder: str, runtime: str,
             # bwrap kills the sandbox when its parent dies (--die-with-parent), and this launcher
             # ends with the notebook: a small keeper process of its own session is bwrap's parent.
             try:
-                proc = subprocess.Popen([sys.executable, "-m", "fpnlab.warmkernel", "keep",
+                proc = subprocess.Popen([sys.executable, "-m", "autograder.warmkernel", "keep",
                                          str(server.fileno()), "--", *command],
                                         cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                         start_new_session=True, pass_fds=[server.fileno()])
@@ -452,8 +452,8 @@ def main(argv=None) -> int:
         return 1                                      # pragma: no cover (run never returns)
     if len(argv) > 3 and argv[0] == "keep" and argv[2] == "--":
         return keep(int(argv[1]), argv[3:])
-    print("usage: python -m fpnlab.warmkernel serve --fd FD | run FD | keep FD -- COMMAND... "
-          "(started by fpnlab.sandbox)", file=sys.stderr)
+    print("usage: python -m autograder.warmkernel serve --fd FD | run FD | keep FD -- COMMAND... "
+          "(started by autograder.sandbox)", file=sys.stderr)
     return 2
 
 
