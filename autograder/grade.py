@@ -106,6 +106,10 @@ class Job:
     detail: str = ""
     sha256: str = ""
     notebook: Optional[nbformat.NotebookNode] = field(default=None, repr=False)
+    # nbgrader's exchange files beside the notebook (collect's timestamp.txt and
+    # submission_secret.txt): they go on to autograded/ and feedback/, where
+    # `nbgrader release_feedback` needs them.
+    exchange: Dict[str, str] = field(default_factory=dict, repr=False)
 
 
 # ----------------------------------------------------------------------------- course
@@ -528,6 +532,7 @@ def read_submission(job: Job, max_bytes: int, root: Optional[Path] = None) -> No
     The file is read through a descriptor opened without following symlinks anywhere below
     ``root`` (the submissions folder; by default the notebook's own folder): a symlinked
     notebook or folder is ``invalid-notebook`` and never read."""
+    job.exchange = exchange_files(Path(root) if root is not None else job.path.parent, job.path)
     try:
         raw = _read_below(Path(root) if root is not None else job.path.parent, job.path, max_bytes)
     except _Refused as e:
@@ -549,6 +554,25 @@ def read_submission(job: Job, max_bytes: int, root: Optional[Path] = None) -> No
         return
     job.notebook, notes = clean_notebook(nb)
     job.detail = "; ".join(x for x in [job.detail, *notes] if x)
+
+
+# What nbgrader's exchange leaves beside a collected notebook, and what each may hold.
+EXCHANGE_FILES = {"timestamp.txt": re.compile(r"[0-9][0-9A-Za-z :.\-+]{9,40}"),
+                  "submission_secret.txt": re.compile(r"[0-9a-f]{16,256}")}
+
+
+def exchange_files(root: Path, notebook: Path) -> Dict[str, str]:
+    """The exchange's files next to ``notebook`` that are what nbgrader writes (read without
+    following symlinks, a few bytes each); anything else there is ignored."""
+    found = {}
+    for name, shape in EXCHANGE_FILES.items():
+        try:
+            text = _read_below(root, notebook.parent / name, 512).decode("ascii").strip()
+        except (_Refused, OSError, UnicodeDecodeError):
+            continue
+        if shape.fullmatch(text):
+            found[name] = text
+    return found
 
 
 def clean_notebook(nb) -> Tuple[nbformat.NotebookNode, List[str]]:
@@ -653,6 +677,8 @@ class Shard:
             folder = self.path / "submitted" / job.student_id / job.lesson
             folder.mkdir(parents=True)
             nbformat.write(job.notebook, str(folder / names[job.lesson]))
+            for name, text in job.exchange.items():
+                (folder / name).write_text(text)
             self.status(job).unlink(missing_ok=True)
         for leftover in self.runtime.iterdir():       # only what this grader made: never followed
             if leftover.is_dir() and not leftover.is_symlink():
@@ -852,12 +878,24 @@ def record_zero(out: Path, rows: List[Row]) -> None:
                 gb.db.commit()
 
 
-def write_status_feedback(out: Path, row: Row, notebook: str) -> None:
-    """Feedback for a submission nbgrader did not grade: what happened and what to do."""
+def write_status_feedback(out: Path, row: Row, notebook: str,
+                          exchange: Optional[Dict[str, str]] = None) -> None:
+    """Feedback for a submission nbgrader did not grade: what happened and what to do.
+
+    Beside it, the exchange's files of the submission, so that `nbgrader release_feedback`
+    hands it back; without them (no notebook came through the exchange) a fresh secret, so
+    that release_feedback still runs and releases this page to nobody."""
+    import secrets
+
     folder = out / "feedback" / row.student_id / row.lesson
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    exchange = dict(exchange or {})
+    exchange.setdefault("timestamp.txt", time.strftime("%Y-%m-%d %H:%M:%S.000000 UTC", time.gmtime()))
+    exchange.setdefault("submission_secret.txt", secrets.token_hex(64))
+    for name, text in exchange.items():
+        (folder / name).write_text(text)
     what = STATUSES.get(row.status, row.status)
     body = (f"<h1>{html.escape(row.lesson)}: not graded ({html.escape(row.status)})</h1>"
             f"<p>{html.escape(what)}.</p><p>{html.escape(row.detail)}</p>"
@@ -988,6 +1026,7 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
     rows: Dict[Tuple[str, str], Row] = dict(previous)
     todo: List[Job] = []
     decided: List[Row] = []
+    exchange: Dict[Tuple[str, str], Dict[str, str]] = {}
     held: List[Row] = []                   # duplicate-id rows that keep an earlier grade
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for job in jobs:
@@ -1008,11 +1047,13 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
             row = Row(job.student_id, job.lesson, 0.0, max_score(out, job.lesson), job.status,
                       job.detail, job.sha256, hashes[job.lesson], now)
             decided.append(row)
+            exchange[(job.student_id, job.lesson)] = job.exchange
         else:
             todo.append(job)
     for row in decided:
         rows[(row.student_id, row.lesson)] = row
-        write_status_feedback(out, row, notebook_name(out / "solutions", row.lesson))
+        write_status_feedback(out, row, notebook_name(out / "solutions", row.lesson),
+                              exchange.get((row.student_id, row.lesson)))
     record_zero(out, decided)
 
     graded, judge_s = _run_shards(out, todo, workers, settings, progress, hashes, now)
@@ -1115,7 +1156,10 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
             merge(out, shard.path, lesson, students, shard.path / "grading" / "submitted")
         for row in results[i]:
             if row.status != GRADED:
-                write_status_feedback(out, row, notebook_name(out / "solutions", row.lesson))
+                kept = shard.path / "grading" / "submitted" / row.student_id / row.lesson
+                write_status_feedback(out, row, notebook_name(out / "solutions", row.lesson),
+                                      {n: (kept / n).read_text() for n in EXCHANGE_FILES
+                                       if (kept / n).is_file()})
             rows.append(row)
         record_zero(out, [r for r in results[i] if r.status != GRADED])
         logs = out / "grading" / "logs"
@@ -1142,6 +1186,12 @@ def _preprocessors():
         ERROR_ROOM = 512       # bytes an error keeps past MAX_OUTPUT (its name, its message's start)
 
         def preprocess(self, nb, resources=None, km=None):
+            if "FPNLAB_SANDBOX_STATUS" not in os.environ:
+                # `nbgrader autograde` typed in OUT: learner code, outside any sandbox, with no
+                # judge to score it. Grading goes through `fpnlab grade`.
+                raise RuntimeError("this folder is graded by `fpnlab grade` (sandboxed kernels, "
+                                   "a judge outside them); plain `nbgrader autograde` would run "
+                                   "learner code with your rights and score nothing")
             self._fpnlab_bytes = self._fpnlab_hand_overs = 0
             self._fpnlab_capped = False
             return super().preprocess(nb, resources, km)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -294,13 +295,110 @@ def test_rerun_regrades_only_what_changed_and_loses_no_grade(graded):
         "alice": 3.0, "bob": 3.0, "carol": 3.0, "dave": 2.0, "erin": 3.0, "frank": 2.0}
 
 
+def guide_command(args, out: Path, **env) -> subprocess.CompletedProcess:
+    """An nbgrader command as the instructor guide has it: typed in OUT, nothing set around it
+    (no FPNLAB_COURSE_ROOT, the repository not the working directory)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FPNLAB_")}
+    clean["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{clean.get('PATH', '')}"
+    clean.update(env)
+    return subprocess.run([str(Path(sys.executable).parent / "nbgrader"), *args], cwd=out,
+                          env=clean, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_gradebook_merged_from_shards_exports_every_student(graded):
     out = graded["out"]
-    proc = G.run_nbgrader(["export", "--to", str(out / "export.csv")], out)
+    repo_db = ROOT / "gradebook.db"
+    before = repo_db.stat().st_mtime if repo_db.exists() else None
+    proc = guide_command(["export", "--to", "grades-export.csv"], out)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    scores = {r["student_id"]: float(r["score"]) for r in csv.DictReader(open(out / "export.csv"))}
+    scores = {r["student_id"]: float(r["score"])
+              for r in csv.DictReader(open(out / "grades-export.csv"))}
     assert scores == {"alice": 3.0, "bob": 3.0, "carol": 3.0, "dave": 2.0, "erin": 3.0, "frank": 2.0}
+    after = repo_db.stat().st_mtime if repo_db.exists() else None
+    assert after == before, "nbgrader export in OUT touched the repository's gradebook.db"
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_release_feedback_in_out_hands_back_exchange_submissions(graded, tmp_path):
+    """Submissions collected from nbgrader's exchange carry timestamp.txt and
+    submission_secret.txt: graded, their feedback goes back with `nbgrader release_feedback`
+    typed in OUT, under the name each learner's `fetch_feedback` looks for."""
+    from nbgrader.utils import notebook_hash
+
+    subs = tmp_path / "submitted"
+    secret = "ab" * 32
+    nb = toy.write_submission(subs, "gwen", toy.with_answer(toy.WRONG_VALUES))
+    (nb.parent / "timestamp.txt").write_text("2026-11-30 17:00:00.000000 UTC")
+    (nb.parent / "submission_secret.txt").write_text(secret)
+    (nb.parent.parent.parent / "hal" / toy.LESSON).mkdir(parents=True)
+    (nb.parent.parent.parent / "hal" / toy.LESSON / "submission_secret.txt").symlink_to(
+        nb.parent / "submission_secret.txt")                  # no notebook, a symlink: ignored
+    out = tmp_path / "out"
+    G.grade(toy.LESSON, subs, out, source=graded["source"], progress=False,
+            settings=G.Settings(timeout=60))
+    exchange = tmp_path / "exchange"
+    exchange.mkdir()
+    proc = guide_command(["release_feedback", toy.LESSON, f"--Exchange.root={exchange}"], out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    released = {p.name: p.read_text() for p in (exchange / "fpnlab" / "feedback").glob("*.html")}
+    gwen = notebook_hash(secret=secret, notebook_id=toy.NOTEBOOK[:-6]) + ".html"
+    assert released.pop(gwen) == (out / "feedback" / "gwen" / toy.LESSON / "00-toy.html").read_text()
+    # hal's "missing notebook" page goes out under a secret of its own (fetched by nobody),
+    # never under the one his symlink pointed at
+    assert len(released) == 1 and "missing-notebook" in next(iter(released.values()))
+
+
+@pytest.mark.slow
+def test_formgrader_in_out_lists_the_graded_class(graded):
+    """`jupyter server` in OUT with formgrader on: its API shows OUT's gradebook."""
+    import secrets
+    import socket
+    import time
+    import urllib.request
+
+    out = graded["out"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = secrets.token_hex(8)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FPNLAB_")}
+    clean["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{clean.get('PATH', '')}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "server", "--no-browser", f"--port={port}",
+         "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={out}",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],
+        cwd=out, env=clean, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/formgrader/api/submissions/{toy.LESSON}"
+        deadline, body = time.monotonic() + 60, None
+        while time.monotonic() < deadline and body is None:
+            try:
+                req = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+                body = json.loads(urllib.request.urlopen(req, timeout=10).read())
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-2000:]
+                time.sleep(0.5)
+        assert body is not None, "formgrader did not answer"
+        scores = {s["student"]: s["score"] for s in body}
+        assert scores == {"alice": 3.0, "bob": 3.0, "carol": 3.0, "dave": 2.0, "erin": 3.0,
+                          "frank": 2.0}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_plain_nbgrader_autograde_in_out_refuses_to_run_learner_code(graded, tmp_path):
+    out = graded["out"]
+    proc = guide_command(["autograde", toy.LESSON, "--student", "alice", "--force"], out)
+    assert "fpnlab grade" in proc.stdout + proc.stderr
+    assert G.read_grades(out / "grades.csv")[("alice", toy.LESSON)].score == 3.0
+    proc = guide_command(["export", "--to", str(tmp_path / "after.csv")], out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = {r["student_id"]: float(r["score"]) for r in csv.DictReader(open(tmp_path / "after.csv"))}
+    assert scores["alice"] == 3.0, "the refused autograde dropped alice's grade"
 
 
 @pytest.mark.slow
