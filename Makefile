@@ -11,7 +11,7 @@ STAMP := $(VENV)/.fpnlab-setup
 KERNEL := fpnlab
 LAB_PORT ?= 8888
 
-.PHONY: setup system lab test test-fast release bench clean
+.PHONY: setup system lab lab-instructor test test-fast release bench clean
 
 ## setup: .venv with the pinned packages, fpnlab (editable) and the notebooks' kernel. A second run does nothing.
 setup: $(STAMP)
@@ -27,8 +27,13 @@ $(STAMP): requirements.txt pyproject.toml
 system:
 	@bash scripts/system-packages.sh
 
-## lab: set up, then JupyterLab on the course (headless: open the URL it prints).
+## lab: set up, copy the lessons into workspace/ (never over your work), then JupyterLab there with the course's kernel (headless: open the URL it prints).
 lab: setup
+	$(PY) -m fpnlab.cli lessons --no-browser --port=$(LAB_PORT) \
+	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+## lab-instructor: set up, then JupyterLab on the repository itself with nbgrader's tools (Create Assignment, formgrader).
+lab-instructor: setup
 	jupyter lab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) \
 	  --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/lessons \
 	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

@@ -1,9 +1,16 @@
-"""The widgets in a real JupyterLab, driven by headless Debian Chromium through Playwright.
+"""The learner lab and the widgets in a real JupyterLab, driven by headless Debian Chromium through
+Playwright. Both tests start the lab ``fpnlab lessons`` opens, on a scratch workspace
+(``tests/browser/lab.py``).
 
-Opens ``explore/shape-explorer.ipynb`` (a copy, in a scratch root), runs every cell on the venv's
-``fpnlab`` kernel, waits for the explorer, types a new height and width, and checks that the P7
-shape on the page becomes the one :func:`fpnlab.shapes.stage_shapes` gives. Screenshots, the
-browser console and the server log go to ``test-artifacts/browser/``.
+The explorer test opens ``explore/shape-explorer.ipynb`` (the workspace's copy), runs every cell
+on the venv's ``fpnlab`` kernel, waits for the explorer, types a new height and width, and checks
+that the P7 shape on the page becomes the one :func:`fpnlab.shapes.stage_shapes` gives.
+
+The learner-lab test opens the lab's front door (the start page), checks that no instructor part
+of nbgrader, no other kernel and no news reach the learner, and follows the start page's link to
+lesson 01 (:func:`learner_lab` and :func:`open_lesson`, for walks that go on from there).
+Screenshots, the browser console and the server log go to ``test-artifacts/browser/``
+(``learner/`` for the learner lab).
 """
 from __future__ import annotations
 
@@ -13,10 +20,15 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator, List, Optional
 
 import pytest
 
+from conftest import requires
+from fpnlab import workspace as learner
 from fpnlab.reference import reference_shapes
 from fpnlab.shapes import REFERENCE, format_shape, stage_shapes
 
@@ -103,12 +115,13 @@ def test_shape_explorer_in_jupyterlab(tmp_path):
     assert Path(kernel_python).exists(), f"the fpnlab kernel runs {kernel_python}, which is missing"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*"):
-        old.unlink()
+        if old.is_file():
+            old.unlink()
     executable = lab.CHROMIUM if Path(lab.CHROMIUM).exists() else shutil.which("chromium")
 
     console, page_errors = [], []
     t0 = time.monotonic()
-    with lab.LabServer(tmp_path, [NOTEBOOK], log_path=ARTIFACTS / "jupyterlab.log") as server, \
+    with lab.LabServer(tmp_path, log_path=ARTIFACTS / "jupyterlab.log") as server, \
             sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, headless=True,
                                      args=lab.CHROMIUM_ARGS)
@@ -116,7 +129,8 @@ def test_shape_explorer_in_jupyterlab(tmp_path):
         page.on("console", lambda m: console.append((m.type, m.text)))
         page.on("pageerror", lambda e: page_errors.append(str(e)))
         try:
-            page.goto(server.url(NOTEBOOK.name), wait_until="domcontentloaded", timeout=60_000)
+            page.goto(server.url(f"explore/{NOTEBOOK.name}"), wait_until="domcontentloaded",
+                      timeout=60_000)
             # the app (exposed with --LabApp.expose_app_in_browser) with the notebook open and
             # its kernel idle: then run every cell
             page.wait_for_function(KERNEL_IDLE, timeout=90_000)
@@ -215,3 +229,171 @@ def test_missing_browser_skips_on_a_workstation_and_fails_in_ci(monkeypatch):
     with pytest.raises(pytest.skip.Exception, match="Debian chromium is not installed"):
         _need(False, "Debian chromium is not installed")
     _need(True, "present: nothing happens")
+
+
+# -- the learner lab -----------------------------------------------------------------------------
+
+LEARNER_ARTIFACTS = ARTIFACTS / "learner"
+HAS_BROWSER = ((Path(lab.CHROMIUM).exists() or shutil.which("chromium") is not None)
+               and importlib.util.find_spec("playwright") is not None)
+NEEDS_BROWSER = requires(HAS_BROWSER, "needs Debian chromium and the playwright package "
+                         "(`make system`, pip install -r requirements.txt)")
+
+NOTEBOOK_READY = """(path) => {
+    const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    return !!(w && w.context && w.context.path === path && w.context.isReady
+              && w.content && w.content.widgets && w.content.widgets.length > 0);
+}"""
+
+
+@dataclass
+class LearnerLab:
+    """A learner lab on a workspace and a Chromium page on it (see :func:`learner_lab`)."""
+
+    server: Any
+    page: Any
+    workspace: Path
+    artifacts: Path
+    console: List[tuple] = field(default_factory=list)
+    page_errors: List[str] = field(default_factory=list)
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.artifacts / f"{name}.png"))
+
+    def evaluate(self, script: str, arg: Any = None) -> Any:
+        return self.page.evaluate(script, arg)
+
+    def main_area(self) -> List[str]:
+        """The labels of the documents and panels open in the main area."""
+        return self.evaluate("() => Array.from(window.jupyterapp.shell.widgets('main'))"
+                             ".map(w => w.title.label)")
+
+
+@contextmanager
+def learner_lab(workdir: Path, workspace: Optional[Path] = None,
+                artifacts: Path = LEARNER_ARTIFACTS) -> Iterator[LearnerLab]:
+    """The lab ``fpnlab lessons`` opens, on ``workspace`` (default ``workdir/workspace``, made
+    with :func:`fpnlab.workspace.prepare` when it has no start page), and a headless Chromium page
+    at its front door, with the start page open and rendered. On a failure the page is saved as
+    ``failure.png``; the console and the server log are kept in ``artifacts``."""
+    from playwright.sync_api import sync_playwright
+
+    kernel_python = lab.ensure_kernel()
+    assert Path(kernel_python).exists(), f"the fpnlab kernel runs {kernel_python}, which is missing"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for old in artifacts.glob("*"):
+        old.unlink()
+    executable = lab.CHROMIUM if Path(lab.CHROMIUM).exists() else shutil.which("chromium")
+    t0 = time.monotonic()
+    with lab.LabServer(workdir, workspace, log_path=artifacts / "jupyterlab.log") as server, \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True,
+                                     args=lab.CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        session = LearnerLab(server, page, server.workspace, artifacts)
+        page.on("console", lambda m: session.console.append((m.type, m.text)))
+        page.on("pageerror", lambda e: session.page_errors.append(str(e)))
+        try:
+            page.goto(server.url(), wait_until="domcontentloaded", timeout=60_000)
+            page.wait_for_function(NOTEBOOK_READY, arg=learner.START, timeout=90_000)
+            page.locator(".jp-RenderedMarkdown a:not(.jp-InternalAnchorLink)").first.wait_for(
+                state="visible", timeout=30_000)
+            yield session
+        except Exception:
+            session.shot("failure")
+            raise
+        finally:
+            (artifacts / "console.json").write_text(json.dumps(
+                {"console": session.console, "page_errors": session.page_errors,
+                 "seconds": round(time.monotonic() - t0, 1)}, indent=1))
+            browser.close()
+
+
+def open_lesson(session: LearnerLab, lesson: str = "01-preprocessing") -> str:
+    """Follow the start page's link to ``lesson``: waits until the lesson is the current
+    document and its kernel is idle. Returns the lesson's path in the workspace."""
+    path = f"lessons/{lesson}/{lesson}.ipynb"
+    page = session.page
+    page.wait_for_function(NOTEBOOK_READY, arg=learner.START, timeout=30_000)
+    name = learner.title(session.workspace / path)
+    link = page.locator(".jp-RenderedMarkdown a:not(.jp-InternalAnchorLink)", has_text=name)
+    assert link.count() == 1, f"the start page has {link.count()} links named {name!r}"
+    link.first.click()
+    page.wait_for_function(NOTEBOOK_READY, arg=path, timeout=60_000)
+    page.wait_for_function(KERNEL_IDLE, timeout=90_000)
+    return path
+
+
+ON_THE_PAGE = """() => {
+    const app = window.jupyterapp;
+    const config = JSON.parse(document.getElementById('jupyter-config-data').textContent);
+    return {
+        disabled: config.disabledExtensions,
+        plugins: app.listPlugins().filter(id => id.startsWith('@jupyter/nbgrader')),
+        commands: app.commands.listCommands().filter(id => id.startsWith('nbgrader:')),
+        runAll: app.commands.hasCommand('notebook:run-all-cells'),
+        menus: Array.from(document.querySelectorAll('.lm-MenuBar-itemLabel')).map(e => e.textContent),
+        kernelspecs: Object.keys(app.serviceManager.kernelspecs.specs.kernelspecs),
+    };
+}"""
+
+NEWS_SETTING = """async () => {
+    const s = await window.jupyterapp.serviceManager.settings.fetch(
+        '@jupyterlab/apputils-extension:notification');
+    const props = s.schema.properties;
+    return {fetchNews: props.fetchNews.default, checkForUpdates: props.checkForUpdates.default,
+            raw: s.raw};
+}"""
+
+LAUNCHER_CARDS = """() => Array.from(document.querySelectorAll('.jp-Launcher .jp-LauncherCard'))
+    .map(c => [c.getAttribute('data-category'), c.querySelector('.jp-LauncherCard-label').textContent])"""
+
+
+@pytest.mark.slow
+@NEEDS_BROWSER
+def test_learner_lab_starts_on_the_start_page_with_the_course_only(tmp_path):
+    with learner_lab(tmp_path) as session:
+        page, server = session.page, session.server
+        assert page.url.startswith(f"{server.base}/lab/tree/{learner.START}"), page.url
+        page.evaluate("() => window.jupyterapp.restored")
+        assert session.main_area() == [learner.START], "the lab opened more than the start page"
+        session.shot("1-start")
+
+        seen = session.evaluate(ON_THE_PAGE)
+        assert "@jupyter/nbgrader" in seen["disabled"], seen["disabled"]
+        assert seen["plugins"] == [] and seen["commands"] == [], seen
+        assert seen["runAll"], "the check for commands saw none of JupyterLab's own"
+        assert "File" in seen["menus"] and "Nbgrader" not in seen["menus"], seen["menus"]
+        assert page.locator("text=Create Assignment").count() == 0
+        assert page.locator('[title*="Create Assignment"], [title*="Nbgrader"]').count() == 0
+        assert seen["kernelspecs"] == [learner.KERNEL], seen["kernelspecs"]
+        for url in ("/formgrader", "/formgraders"):   # nbgrader's server extensions: not loaded
+            status = page.request.get(f"{server.base}{url}?token={server.token}").status
+            assert status == 404, f"{url} answers {status}: an nbgrader server extension is on"
+        listing = page.request.get(f"{server.base}/api/contents?token={server.token}").json()
+        assert {c["name"] for c in listing["content"]} == {learner.START, "lessons", "explore"}
+
+        news = session.evaluate(NEWS_SETTING)
+        assert news["fetchNews"] == "false" and news["checkForUpdates"] is False, news
+        page.wait_for_timeout(3000)        # the news question comes a moment after the start
+        toasts = page.locator(".Toastify__toast").all_inner_texts()
+        assert toasts == [], f"a notification is shown: {toasts}"
+
+        page.evaluate("() => window.jupyterapp.commands.execute('launcher:create')")
+        page.locator(".jp-Launcher .jp-LauncherCard").first.wait_for(state="visible")
+        cards = session.evaluate(LAUNCHER_CARDS)
+        session.shot("2-launcher")
+        kernels = {category: [label for c, label in cards if c == category]
+                   for category in ("Notebook", "Console")}
+        assert kernels == {"Notebook": ["Python 3 (fpnlab)"], "Console": ["Python 3 (fpnlab)"]}, cards
+        page.evaluate("() => window.jupyterapp.commands.execute('application:close')")
+        page.wait_for_function("() => !document.querySelector('.jp-Launcher')")
+
+        path = open_lesson(session, "01-preprocessing")
+        kernel = session.evaluate(
+            "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.name")
+        assert kernel == learner.KERNEL, f"lesson 01 runs on kernel {kernel!r}"
+        session.shot("3-lesson-01")
+        assert session.main_area() == [learner.START, Path(path).name]
+        assert page.locator(".Toastify__toast").all_inner_texts() == []
+    assert not session.page_errors, f"uncaught errors in the page: {session.page_errors}"

@@ -1,19 +1,22 @@
-"""JupyterLab for the browser test: the venv's, on loopback, isolated from the user's settings.
+"""JupyterLab for the browser tests: the learner lab, on loopback, isolated from the user's settings.
 
-``LabServer`` starts ``python -m jupyterlab`` from the running interpreter (the venv's when the
-tests run as ``.venv/bin/python -m pytest``) on a free port with a random token, in a scratch
-root directory that holds a *copy* of the notebook (nothing the browser does can write outputs
-into the repository), with its own config, data, runtime, settings and workspace directories and
-the ``overrides.json`` next to this file (no news toast, no check for updates, no windowing, no
-autosave). The notebooks' kernel ``fpnlab`` must be registered in the venv (``make setup`` does
-it with ``--sys-prefix``); :func:`ensure_kernel` registers it the same way when it is missing.
+``LabServer`` starts the lab ``fpnlab lessons`` opens (:func:`fpnlab.workspace.lab_command`: the
+fpnlab kernel only, no nbgrader extensions, no news, START.ipynb first) from the running
+interpreter (the venv's when the tests run as ``.venv/bin/python -m pytest``) on a prepared
+workspace in a scratch folder (nothing the browser does can write into the repository), on a
+free port with a random token. On top of what users get it only exposes the app to the page
+(``window.jupyterapp``), gives the server its own config, data and runtime directories (the
+machine's ``~/.jupyter`` cannot change the lab under test), and writes the test's own user
+settings from ``overrides.json`` next to this file (no windowing, no autosave) into the
+workspace's lab settings. The notebooks' kernel ``fpnlab`` must be registered in the venv
+(``make setup`` does it with ``--sys-prefix``); :func:`ensure_kernel` registers it the same way
+when it is missing.
 """
 from __future__ import annotations
 
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,10 +24,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+from fpnlab import workspace as learner
 
 HERE = Path(__file__).resolve().parent
-OVERRIDES = HERE / "overrides.json"
+OVERRIDES = HERE / "overrides.json"      # the test's user settings: {plugin id: {key: value}}
 KERNEL = "fpnlab"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -51,12 +56,13 @@ def ensure_kernel(name: str = KERNEL) -> str:
 
 
 class LabServer:
-    """``with LabServer(workdir, notebooks) as lab: lab.url(path)``."""
+    """``with LabServer(workdir) as lab: lab.url(path)``: the learner lab on the workspace
+    ``workdir/workspace`` (prepared with :func:`fpnlab.workspace.prepare` unless given)."""
 
-    def __init__(self, workdir: Path, notebooks: List[Path], log_path: Optional[Path] = None,
-                 startup_timeout: float = 90.0):
+    def __init__(self, workdir: Path, workspace: Optional[Path] = None,
+                 log_path: Optional[Path] = None, startup_timeout: float = 90.0):
         self.workdir = Path(workdir)
-        self.notebooks = [Path(n) for n in notebooks]
+        self.workspace = Path(workspace) if workspace else self.workdir / "workspace"
         self.log_path = log_path or self.workdir / "jupyterlab.log"
         self.startup_timeout = startup_timeout
         self.port = free_port()
@@ -67,43 +73,47 @@ class LabServer:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def url(self, path: str) -> str:
-        return f"{self.base}/lab/tree/{path}?token={self.token}"
+    def url(self, path: str = "") -> str:
+        """A file's page in the lab, or (no path) the lab's front door: its default URL."""
+        page = f"/lab/tree/{path}" if path else "/"
+        return f"{self.base}{page}?token={self.token}"
 
-    def _env(self) -> dict:
-        env = dict(os.environ)
+    def command(self) -> Tuple[List[str], dict]:
+        """The learner lab's argv and environment, with the test's isolation added."""
+        argv, env = learner.lab_command(
+            self.workspace, port=self.port, browser=False,
+            allow_root=hasattr(os, "getuid") and os.getuid() == 0,
+            extra=("--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
+                   "--LabApp.expose_app_in_browser=True"))
         for var in ("JUPYTER_PATH", "JUPYTER_PREFER_ENV_PATH", "JPY_PARENT_PID"):
             env.pop(var, None)
         dirs = {"JUPYTER_CONFIG_DIR": "config", "JUPYTER_DATA_DIR": "data",
-                "JUPYTER_RUNTIME_DIR": "runtime", "JUPYTERLAB_SETTINGS_DIR": "user-settings",
-                "JUPYTERLAB_WORKSPACES_DIR": "workspaces", "IPYTHONDIR": "ipython"}
+                "JUPYTER_RUNTIME_DIR": "runtime", "IPYTHONDIR": "ipython"}
         for var, sub in dirs.items():
             path = self.workdir / sub
             path.mkdir(parents=True, exist_ok=True)
             env[var] = str(path)
-        bindir = str(Path(sys.executable).parent)
-        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
         env["FPNLAB_DEVICE"] = env.get("FPNLAB_DEVICE", "auto")
         env["PYTHONUNBUFFERED"] = "1"
-        return env
+        return argv, env
+
+    def _user_settings(self) -> None:
+        """The test's settings as the learner's own (``plugin.jupyterlab-settings`` files)."""
+        folder = self.workspace / learner.LAB_STATE / "user-settings"
+        for plugin, values in json.loads(OVERRIDES.read_text()).items():
+            package, _, name = plugin.partition(":")
+            path = folder / package / f"{name}.jupyterlab-settings"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(values, indent=1))
 
     def start(self) -> "LabServer":
-        root = self.workdir / "root"
-        root.mkdir(parents=True, exist_ok=True)
-        for nb in self.notebooks:
-            shutil.copy(nb, root / nb.name)
-        app_settings = self.workdir / "app-settings"
-        app_settings.mkdir(parents=True, exist_ok=True)
-        shutil.copy(OVERRIDES, app_settings / "overrides.json")
-        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
-               f"--port={self.port}", "--ServerApp.port_retries=0",
-               f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}",
-               f"--LabApp.app_settings_dir={app_settings}", "--LabApp.expose_app_in_browser=True",
-               "--MappingKernelManager.default_kernel_name=" + KERNEL]
-        if hasattr(os, "getuid") and os.getuid() == 0:
-            cmd.append("--allow-root")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not (self.workspace / learner.START).exists():
+            learner.prepare(self.workspace)
+        self._user_settings()
+        argv, env = self.command()
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=root, env=self._env(), stdout=self._log,
+        self.proc = subprocess.Popen(argv, cwd=self.workspace, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready()
         return self
