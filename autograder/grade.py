@@ -437,6 +437,12 @@ def _notebooks(folder: Path) -> List[Path]:
         return []
 
 
+def _renamed(name: str, expected: str) -> str:
+    """The note for a notebook graded under another name; none for an LMS download's name
+    (``<student>_<anything>_<expected>``), which every student of a zip has."""
+    return "" if name.endswith("_" + expected) else f"graded {name} (expected {expected})"
+
+
 def find_notebook(student_dir: Path, lesson: str, expected: str, lessons: List[str]
                   ) -> Tuple[Optional[Path], str]:
     """The student's notebook for ``lesson`` and a note when it was found under another name.
@@ -458,14 +464,14 @@ def find_notebook(student_dir: Path, lesson: str, expected: str, lessons: List[s
         candidates = _notebooks(folder)
         near = [p for p in candidates if _claims(p.name, lesson, expected, lessons)]
         if len(near) == 1:
-            return near[0], f"graded {near[0].name} (expected {expected})"
+            return near[0], _renamed(near[0].name, expected)
         if len(near) > 1:
             raise DuplicateClaim([p.relative_to(student_dir).as_posix() for p in near])
         if folder == lesson_dir and len(candidates) == 1:
-            return candidates[0], f"graded {candidates[0].name} (expected {expected})"
+            return candidates[0], _renamed(candidates[0].name, expected)
     flat = _notebooks(student_dir) if _kind(student_dir) == "dir" else []
     if len(lessons) == 1 and len(flat) == 1 and _kind(lesson_dir) is None:
-        return flat[0], f"graded {flat[0].name} (expected {expected})"
+        return flat[0], _renamed(flat[0].name, expected)
     seen = []
     if _kind(student_dir) == "dir":
         for top, dirs, files in os.walk(student_dir):       # never into a symlinked folder
@@ -783,11 +789,33 @@ class Shard:
         assignment = lessons[0] if len(lessons) == 1 else "*"
         proc = run_nbgrader(["generate_feedback", assignment, "--force"], self.path,
                             env={"JUPYTER_PATH": str(self.jupyter)}, timeout=600)
+        for lesson in lessons:
+            for page in (self.path / "feedback").glob(f"*/{lesson}/*.html"):
+                page.write_text(finish_feedback_page(page.read_text()))
         return "" if proc.returncode == 0 else _nbgrader_error(proc)
 
     def close(self):
         warmkernel.stop(str(self.status_dir))
         shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+# nbgrader's feedback page, finished: readable offline (no MathJax from a CDN: the page travels
+# through an LMS and is opened anywhere), messages wrapped instead of clipped, and each test of
+# the contents named by its grade id.
+_REMOTE_SCRIPT = re.compile(r"<script[^>]*\ssrc=[\"']?https?://[^>]*>\s*</script>", re.I)
+_MATHJAX_CONFIG = re.compile(r"<!-- MathJax configuration -->\s*<script type=\"text/x-mathjax-config\">"
+                             r".*?</script>", re.S)
+_TOC_TEST = re.compile(r'<li><a href="#([A-Za-z0-9_.\-]+)">Test cell</a>')
+WRAP_CSS = ("<style>div.output_area pre, div.output_subarea pre { white-space: pre-wrap; "
+            "overflow-wrap: anywhere; word-break: normal; }</style>\n")
+
+
+def finish_feedback_page(text: str) -> str:
+    text = _MATHJAX_CONFIG.sub("", _REMOTE_SCRIPT.sub("", text))
+    text = _TOC_TEST.sub(lambda m: f'<li><a href="#{m.group(1)}">Test <code>{m.group(1)}</code></a>', text)
+    if WRAP_CSS not in text:
+        text = text.replace("</head>", WRAP_CSS + "</head>", 1)
+    return text
 
 
 def max_score(course: Path, lesson: str) -> float:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -439,6 +440,49 @@ def test_feedback_shows_failures_but_no_hidden_tests(graded):
     # the only thing handed back.
     auto = (graded["out"] / "autograded" / "dave" / toy.LESSON / toy.NOTEBOOK).read_text()
     assert "BEGIN HIDDEN TESTS" in auto
+
+
+@pytest.mark.slow
+def test_feedback_pages_work_offline_name_each_test_and_wrap_messages(graded):
+    fb = graded["out"] / "feedback"
+    for path in fb.rglob("*.html"):
+        text = path.read_text()
+        assert not re.search(r"<(script|link|img)[^>]*(src|href)=[\"']?(https?:)?//", text), \
+            f"{path}: loads something from the network"
+        assert "Test cell<" not in text
+    dave = (fb / "dave" / toy.LESSON / "00-toy.html").read_text()
+    ids = [c.metadata["nbgrader"]["grade_id"] for c in toy.source_notebook().cells
+           if c.metadata.get("nbgrader", {}).get("grade")]
+    assert all(f"Test <code>{gid}</code>" in dave for gid in ids)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_feedback_message_wraps_in_a_browser(graded):
+    """Chromium, at a narrow window: the failed test's message wraps, nothing is cut off."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from browser import lab
+
+    from playwright.sync_api import sync_playwright
+
+    page_path = graded["out"] / "feedback" / "dave" / toy.LESSON / "00-toy.html"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=lab.CHROMIUM, headless=True,
+                                     args=lab.CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 700, "height": 900})
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_path.as_uri(), wait_until="load")
+            box = page.locator("div.output_error pre").first
+            assert "values differ" in box.inner_text()
+            overflow = box.evaluate("e => e.scrollWidth - e.clientWidth")
+            lines = box.evaluate("e => Math.round(e.getBoundingClientRect().height / "
+                                 "parseFloat(getComputedStyle(e).lineHeight))")
+            assert overflow <= 1 and lines >= 2, (overflow, lines)
+            assert not [u for u in requests if not u.startswith("file:")], requests
+        finally:
+            browser.close()
 
 
 def _run_in_pty(argv, env) -> tuple:
