@@ -35,13 +35,20 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A sub-command whose one-line summary is also the first line of its --help."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fpnlab", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="fpnlab", description="The fpnlab course's command line: the reference shapes and "
+        "trace, checking a notebook, your lessons' workspace, and (for instructors) grading.")
     p.add_argument("--version", action="version", version=f"fpnlab {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser("shapes", help="every stage's shape for an image size and configuration")
+    s = _command(sub, "shapes", "every stage's shape for an image size and configuration")
     s.add_argument("--height", type=_positive, required=True, help="image height in pixels")
     s.add_argument("--width", type=_positive, required=True, help="image width in pixels")
     s.add_argument("--min-size", type=_positive, default=Config.min_size)
@@ -53,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object: stage -> shape")
     s.set_defaults(func=cmd_shapes)
 
-    t = sub.add_parser("trace", help="run the reference model on the sample image and trace it")
+    t = _command(sub, "trace", "run the reference model on the sample image and trace it")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     t.add_argument("--diff", action="store_true",
                    help="compare with the reference trace; exit 1 at the first stage that differs")
@@ -65,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("arguments", nargs=argparse.REMAINDER)
     g.set_defaults(func=cmd_grade)
 
-    k = sub.add_parser("check", help="run a notebook's visible tests and say what passes")
+    k = _command(sub, "check", "run a notebook's visible tests and say what passes")
     k.add_argument("notebook", metavar="NOTEBOOK")
     k.add_argument("--timeout", type=_positive, default=600, help="per-cell limit in seconds")
     k.add_argument("--kernel", default=None, help="kernel name (default: the notebook's, else python3)")
