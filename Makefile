@@ -40,11 +40,11 @@ lab-instructor: setup
 
 ## test: set up, then every test (notebooks, nbgrader round trips, browser included).
 test: setup system
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 ## test-fast: the unit tests only (no notebooks, no browser).
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not browser"
+	$(PY) -m pytest -m "not slow and not browser" --durations=10
 
 ## release: regenerate lessons/ from solutions/ with nbgrader.
 release: setup

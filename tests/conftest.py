@@ -45,7 +45,40 @@ def variant(source: str, old: str, new: str) -> str:
     return source.replace(old, new)
 
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+def in_ci() -> bool:
+    """CI=true (or 1, yes): a test that needs a tool CI has fails there instead of skipping."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+IN_CI = in_ci()
+
+
+# ----------------------------------------------------------------------------- where time goes
+
+_SECONDS: Dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Every phase's time (setup, call, teardown: fixtures count), by test file."""
+    path = report.nodeid.split("::")[0]
+    _SECONDS[path] = _SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _SECONDS or not terminalreporter.config.getoption("durations", None):
+        return
+    folders: Dict[str, float] = {}
+    for path, seconds in _SECONDS.items():
+        folder = str(Path(path).parent)
+        folders[folder] = folders.get(folder, 0.0) + seconds
+    tr = terminalreporter
+    tr.section("time per test folder and file")
+    for folder, seconds in sorted(folders.items(), key=lambda kv: -kv[1]):
+        tr.write_line(f"{seconds:8.1f} s  {folder}/")
+        for path, s in sorted(((p, s) for p, s in _SECONDS.items()
+                               if str(Path(p).parent) == folder), key=lambda kv: -kv[1]):
+            tr.write_line(f"{s:8.1f} s      {Path(path).name}")
+    tr.write_line(f"{sum(_SECONDS.values()):8.1f} s  in all (test phases, not collection)")
 
 
 def requires(available: bool, reason: str):

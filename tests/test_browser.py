@@ -27,7 +27,7 @@ from typing import Any, Iterator, List, Optional
 
 import pytest
 
-from conftest import requires
+from conftest import in_ci, requires
 from fpnlab import workspace as learner
 from fpnlab.reference import reference_shapes
 from fpnlab.shapes import REFERENCE, format_shape, stage_shapes
@@ -51,7 +51,7 @@ def _need(condition: bool, reason: str) -> None:
     """Skip when a browser piece is missing on a workstation; fail in CI (CI=true)."""
     if condition:
         return
-    if os.environ.get("CI", "").lower() == "true":
+    if in_ci():
         pytest.fail(f"{reason} (CI=true: the browser test must run; `make system` installs it)")
     pytest.skip(reason)
 
@@ -224,6 +224,9 @@ def test_shape_explorer_in_jupyterlab(tmp_path):
 def test_missing_browser_skips_on_a_workstation_and_fails_in_ci(monkeypatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true: the browser test must run"):
+        _need(False, "Debian chromium is not installed")
+    monkeypatch.setenv("CI", "1")                 # what some CI services set
+    with pytest.raises(pytest.fail.Exception, match="the browser test must run"):
         _need(False, "Debian chromium is not installed")
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception, match="Debian chromium is not installed"):
