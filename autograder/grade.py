@@ -280,6 +280,9 @@ def unpack_zip(zpath: Path, dest: Path, pattern: str = ZIP_PATTERN) -> Path:
     flat: Dict[str, List[str]] = {}
     written: Dict[str, List[str]] = {}        # "<student>/<...>" -> the entries of that name
     with zf:
+        # The cap first, from the zip's own directory: a refused zip unpacks nothing.
+        if sum(i.file_size for i in zf.infolist() if not i.is_dir()) > MAX_ZIP:
+            raise UsageError(f"{zpath} unpacks to more than {MAX_ZIP >> 20} MB")
         for info in zf.infolist():
             if info.is_dir():
                 continue

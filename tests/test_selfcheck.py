@@ -72,3 +72,20 @@ def test_real_lesson_01_release_fails_and_solution_passes(capsys):
     assert cli.main(["check", str(solution)]) == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out and "PASS" in out
+
+
+@pytest.mark.slow
+def test_a_cell_past_the_timeout_is_a_usage_error_that_says_so(tmp_path, capsys):
+    path = _write(tmp_path, toy.with_answer(toy.SOLUTION, "import time\ntime.sleep(120)"))
+    assert cli.main(["check", path, "--timeout", "3"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "a cell ran longer than 3 s" in err and "Traceback" not in err
+    assert nbformat.read(path, as_version=4).cells[2].get("outputs", []) == []   # file untouched
+
+
+@pytest.mark.slow
+def test_a_kernel_that_dies_is_a_usage_error_that_says_so(tmp_path, capsys):
+    path = _write(tmp_path, toy.with_answer(toy.SOLUTION, "import os\nos._exit(1)"))
+    assert cli.main(["check", path]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "the kernel died while running toy.ipynb" in err and "Traceback" not in err
