@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
 import sqlite3
 import threading
@@ -151,6 +152,8 @@ def pad_to(x, d=32):
         "network": toy.with_answer(toy.SOLUTION, network),
         "monkeypatch": toy.with_answer("def pad_to(x, d=32):\n    return x", monkeypatch),
         "fake-shape": toy.with_answer(fake_shape),
+        "whoami": toy.with_answer(toy.SOLUTION, "import os\nprint('IDS', os.getuid(), os.geteuid(), "
+                                  "os.getgid(), os.getegid(), sorted(os.getgroups()))"),
         "kernel-dies": toy.with_answer(toy.SOLUTION,
                                        "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"),
     }
@@ -186,7 +189,7 @@ def _outputs(batch, student) -> str:
 
 def test_every_student_has_a_row_and_the_good_ones_full_marks(batch):
     students = set(batch["csv"])
-    assert len(students) == 20, sorted(students)
+    assert len(students) == 21, sorted(students)
     for good in ("ok-solution", "ok-alternative"):
         r = _row(batch, good)
         assert (r.status, r.score, r.max_score) == ("graded", 3.0, 3.0), r
@@ -244,10 +247,25 @@ def test_50_gb_allocation_fails_inside_the_sandbox(batch):
 
 
 def test_fork_bomb_is_contained(batch):
-    # RLIMIT_NPROC stops the bomb (os.fork raises); the kernel goes on and grades the answer.
-    # Should the bomb's children wedge the kernel instead, the wall-clock limit stops it.
+    # RLIMIT_NPROC stops the bomb (os.fork raises in the kernel and in every child it made);
+    # the kernel goes on and grades the answer, and the sandbox's kill(-1) ends the children.
     r = _row(batch, "fork-bomb")
-    assert (r.status, r.score) in {("graded", 3.0), ("timeout", 0.0), ("killed", 0.0)}, r
+    assert (r.status, r.score) == ("graded", 3.0), r
+
+
+def test_the_kernel_never_runs_as_root_nor_as_the_grader(batch):
+    """As root the grader drops the kernel to an unprivileged uid of its own (not 0, not a
+    system account); as a user, bubblewrap keeps the user's own uid and no capability."""
+    r = _row(batch, "whoami")
+    assert (r.status, r.score) == ("graded", 3.0), r
+    line = next(ln for ln in _outputs(batch, "whoami").splitlines() if ln.startswith("IDS "))
+    uid, euid, gid, egid = (int(x) for x in line.split()[1:5])
+    groups = __import__("ast").literal_eval(line.split(" ", 5)[5])
+    assert 0 not in (uid, euid, gid, egid, *groups), line
+    if os.geteuid() == 0:
+        assert uid == euid >= sandbox.DEFAULT_UID, line
+    else:
+        assert uid == os.getuid(), line
 
 
 def test_a_kernel_that_dies_is_reported_killed(batch):
@@ -324,7 +342,7 @@ def test_printed_history_of_hidden_tests_stays_out_of_feedback(batch):
 
 def test_feedback_never_shows_hidden_tests(batch):
     feedback = sorted((batch["out"] / "feedback").rglob("*.html"))
-    assert len(feedback) == 20
+    assert len(feedback) == len(batch["csv"])          # one page per row
     for path in feedback:
         text = path.read_text()
         assert "HIDDEN" not in text and "50, 70" not in text and "hand over" not in text, path
