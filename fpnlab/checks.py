@@ -7,6 +7,9 @@ test) whose message names the stage, the expected and the actual value, and the 
       W is off by one at C3 (71 instead of 72): is the input padded to a multiple of 32
       (size_divisible)?
 
+In a notebook the message is the cell's whole error, with no traceback into fpnlab
+(``CheckError._render_traceback_``), worded and wrapped as ``fpnlab check`` prints it.
+
 The checks trust nothing the learner's code can rebind: ``type(x) is torch.Tensor`` (not
 ``isinstance``, not a ``.shape`` attribute), and they use the saved originals of the torch
 functions they call.
@@ -43,6 +46,13 @@ class CheckError(AssertionError):
             msg += f"\n  {cause}"
         super().__init__(msg)
 
+    def _render_traceback_(self):
+        """In a notebook, IPython shows these lines instead of a traceback: the message alone,
+        worded as ``fpnlab check`` prints it (:func:`fpnlab.judge.error_text`)."""
+        from .judge import error_text
+
+        return error_text(type(self).__name__, str(self)).splitlines()
+
 
 def _axis(i: int, ndim: int) -> str:
     names = {ndim - 1: "W", ndim - 2: "H", ndim - 3: "C", ndim - 4: "N"}
@@ -51,7 +61,8 @@ def _axis(i: int, ndim: int) -> str:
 
 def diagnose(stage: str, expected: Sequence[int], actual: Sequence[int]) -> Optional[str]:
     """The likely cause of a shape mismatch at ``stage``, or None when none of the known
-    patterns fits. Pure arithmetic on the two shapes; never the answer code."""
+    patterns fits. Pure arithmetic on the two shapes; never the answer code. When H and W are
+    wrong the same way, the cause is said once for both."""
     expected, actual = tuple(expected), tuple(actual)
     if expected == actual:
         return None
@@ -62,34 +73,15 @@ def diagnose(stage: str, expected: Sequence[int], actual: Sequence[int]) -> Opti
             return "there is an extra leading dimension: this stage has no batch dimension."
         return f"expected {len(expected)} dimensions, got {len(actual)}."
     nd = len(expected)
-    causes = []
+    causes, sides = [], {}
     for i, (e, a) in enumerate(zip(expected, actual)):
         if e == a:
             continue
         axis = _axis(i, nd)
         if axis in ("H", "W"):
-            if abs(e - a) == 1:
-                if stage == "resized":
-                    causes.append(f"{axis} is off by one at resized ({a} instead of {e}): the long "
-                                  "side is truncated with int(), not rounded.")
-                elif stage == "padded":
-                    causes.append(f"{axis} is off by one at padded ({a} instead of {e}): round up "
-                                  "to the next multiple of size_divisible (math.ceil).")
-                else:
-                    causes.append(f"{axis} is off by one at {stage} ({a} instead of {e}): is the "
-                                  "input padded to a multiple of 32 (size_divisible)?")
-            elif a in ((e + 1) // 2, e // 2):
-                causes.append(f"{axis} is halved once too often at {stage} ({a} instead of {e}): "
-                              "an extra stride 2 or pooling?")
-            elif a in (2 * e, 2 * e - 1):
-                causes.append(f"{axis} is halved once too rarely at {stage} ({a} instead of {e}): "
-                              "a missing stride 2 or the stem's max-pool?")
-            elif a in ((e + 3) // 4, e // 4):
-                causes.append(f"{axis} is halved twice too often at {stage} ({a} instead of {e}).")
-            elif a in (4 * e, 4 * e - 1, 4 * e - 2, 4 * e - 3):
-                causes.append(f"{axis} is halved twice too rarely at {stage} ({a} instead of {e}).")
-            else:
-                causes.append(f"{axis} is {a} instead of {e} at {stage}.")
+            if not sides:
+                causes.append(None)          # the place of the H/W cause, written below
+            sides[axis] = (e, a, _side_cause(stage, e, a))
         elif axis == "C":
             if stage in P_LEVELS and {e, a} == {256, 1024}:
                 causes.append(f"{a} channels instead of {e}: out_channels. The reference uses "
@@ -110,7 +102,46 @@ def diagnose(stage: str, expected: Sequence[int], actual: Sequence[int]) -> Opti
             causes.append(f"batch size {a} instead of {e}.")
         else:
             causes.append(f"{axis} is {a} instead of {e}.")
+    if sides:
+        causes[causes.index(None)] = _sides_text(stage, sides)
     return " ".join(causes) if causes else None
+
+
+def _side_cause(stage: str, e: int, a: int) -> Tuple[Optional[str], str]:
+    """(what is wrong with one side, the likely cause) for a height or width ``a`` that should
+    be ``e``; the first is None when no known pattern fits."""
+    if abs(e - a) == 1:
+        if stage == "resized":
+            return "off by one", ": the long side is truncated with int(), not rounded."
+        if stage == "padded":
+            return "off by one", ": round up to the next multiple of size_divisible (math.ceil)."
+        return "off by one", ": is the input padded to a multiple of 32 (size_divisible)?"
+    if a in ((e + 1) // 2, e // 2):
+        return "halved once too often", ": an extra stride 2 or pooling?"
+    if a in (2 * e, 2 * e - 1):
+        return "halved once too rarely", ": a missing stride 2 or the stem's max-pool?"
+    if a in ((e + 3) // 4, e // 4):
+        return "halved twice too often", "."
+    if a in (4 * e, 4 * e - 1, 4 * e - 2, 4 * e - 3):
+        return "halved twice too rarely", "."
+    return None, "."
+
+
+def _sides_text(stage: str, sides: dict) -> str:
+    """One cause for the sides that are off: H and W together when the same thing is wrong
+    with both (so the message says it once), else each on its own."""
+    kinds = {cause for _, _, cause in sides.values()}
+    if len(sides) == 2 and len(kinds) == 1:
+        (eh, ah, _), (ew, aw, _) = sides["H"], sides["W"]
+        (what, why), = kinds
+        if what is None:
+            return f"H and W are {ah} x {aw} instead of {eh} x {ew} at {stage}."
+        return f"H and W are {what} at {stage} ({ah} x {aw} instead of {eh} x {ew}){why}"
+    texts = []
+    for axis, (e, a, (what, why)) in sides.items():
+        texts.append(f"{axis} is {a} instead of {e} at {stage}." if what is None else
+                     f"{axis} is {what} at {stage} ({a} instead of {e}){why}")
+    return " ".join(texts)
 
 
 def check_type(x, stage: str) -> None:

@@ -9,7 +9,7 @@ A graded test cell holds two functions and the cases to run them on::
     def judge(case, got):             # the oracle and fpnlab.checks only: never the learner's code
         check_tensor(got["P6"], "P6", expected_shape(case))
 
-    run_test(outputs, judge, [dict(cin=16, cout=8)])
+    run_test(outputs, judge, [dict(cin=16, cout=8)], grade_id="p6p7-structure")
     # ... and, between nbgrader's hidden-test markers (the release has none of it):
     run_test(outputs, judge, [dict(cin=24, cout=12), dict(cin=12, cout=12)], hidden=True)
 
@@ -24,17 +24,31 @@ values are computed only there; a missing, duplicated or malformed hand-over is 
 
 Whatever the learner's process does to this module, its tests or Python, it can change only the
 data it hands over, and data earns points only when it is what a correct answer computes.
+
+In the learner's own kernel (local mode only; grading never uses any of it):
+
+- a failure shows as its message alone, the cell's whole error, as ``fpnlab check`` prints it
+  (:func:`error_text`; ``CheckError`` and :class:`NotAnswered` render themselves through
+  IPython's ``_render_traceback_``), with no frame from inside fpnlab;
+- an exercise that still holds the stub's ``raise NotImplementedError()`` says so in one line
+  naming what to write (:func:`unanswered`), in a test cell and, once the setup cell has called
+  :func:`notebook_messages`, wherever the stub is reached;
+- ``run_test(..., grade_id=...)`` remembers whether that test cell's visible cases passed, and
+  :func:`summary` (a lesson's last cell) adds up the visible tests' points.
 """
 from __future__ import annotations
 
 import base64
 import json
 import math
+import os
 import re
 import sys
+import textwrap
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
-__all__ = ["Case", "run_test", "encode", "decode", "MIME", "HandOverError"]
+__all__ = ["Case", "run_test", "encode", "decode", "MIME", "HandOverError", "NotAnswered",
+           "error_text", "unanswered", "notebook_messages", "summary"]
 
 MIME = "application/vnd.fpnlab.handover+json"
 VERSION = 1
@@ -55,6 +69,9 @@ _SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.<>]{0,99}\Z")
 
 class HandOverError(ValueError):
     """A hand-over that is not what :func:`encode` makes: the cell scores 0."""
+
+    def _render_traceback_(self):          # in a learner's kernel: the message, no traceback
+        return error_text(type(self).__name__, str(self)).splitlines()
 
 
 class Case(dict):
@@ -109,8 +126,12 @@ def _cases(cases: Iterable[Mapping], hidden: bool) -> List[Case]:
 
 
 def run_test(outputs: Callable[[Case], Any], judge: Callable[[Case, Any], None],
-             cases: Sequence[Mapping] = ({},), hidden: bool = False) -> None:
-    """Run ``outputs`` on each case and judge the result (see the module's docstring)."""
+             cases: Sequence[Mapping] = ({},), hidden: bool = False,
+             grade_id: Optional[str] = None) -> None:
+    """Run ``outputs`` on each case and judge the result (see the module's docstring).
+
+    ``grade_id`` (the test cell's own, on its visible call) only serves the learner's
+    :func:`summary`; the grader knows each cell's grade id from the notebook."""
     mode = _state["mode"]
     call = _state["calls"]
     _state["calls"] = call + 1
@@ -135,8 +156,19 @@ def run_test(outputs: Callable[[Case], Any], judge: Callable[[Case, Any], None],
             if not verdicts[-1]["passed"]:
                 return
         return
-    for case in cases:                         # local: the learner sees the message at once
-        judge(case, decode(encode(outputs(case))))
+    __tracebackhide__ = True                   # local: the learner sees the message at once,
+    try:                                       # and IPython shows no frame of this function
+        for case in cases:
+            judge(case, decode(encode(outputs(case))))
+    except Exception as e:
+        shown = unanswered(e)
+        if grade_id is not None and not hidden:
+            _record(grade_id, shown or e)
+        if shown is not None:
+            raise shown from None
+        raise
+    if grade_id is not None and not hidden:
+        _record(grade_id, None)
 
 
 def _judge_one(judge, case: Case, item) -> dict:
@@ -169,6 +201,142 @@ def _judge_one(judge, case: Case, item) -> dict:
         return {"passed": False, "message": f"{where}: the result could not be judged "
                                             f"({type(e).__name__}): it is not what the test expects."}
     return {"passed": True, "message": ""}
+
+
+# ----------------------------------------------------------------------------- the learner's view
+# Local mode only: what a learner sees in their own kernel. Nothing here runs when graded.
+
+WIDTH = 88            # characters per line of a shown message: JupyterLab breaks longer lines
+                      # anywhere, even inside a word
+STUB = "raise NotImplementedError()"
+
+
+class NotAnswered(NotImplementedError):
+    """An exercise that still raises its stub's ``NotImplementedError()``: shown as one line
+    that names what to write (:func:`unanswered` makes it)."""
+
+    def _render_traceback_(self):          # IPython shows these lines instead of a traceback
+        return error_text(type(self).__name__, str(self)).splitlines()
+
+
+def error_text(ename: str, evalue: str, width: int = WIDTH) -> str:
+    """A failure as the learner reads it: the cell's whole error in the notebook, and what
+    ``fpnlab check`` prints under a failing test. ``Name: message``, each line wrapped between
+    words at ``width`` (the first line's continuations indented by 4, an indented line's by its
+    own indent); an unanswered exercise's message alone, on one line::
+
+        CheckError: stem: shape (1, 64, 119, 143) but expected (1, 64, 120, 144).
+          H and W are off by one at stem (119 x 143 instead of 120 x 144): is the input padded
+          to a multiple of 32 (size_divisible)?
+    """
+    evalue = str(evalue or "").strip()
+    if ename == NotAnswered.__name__:
+        return " ".join(evalue.split())
+    lines = []
+    for line in (f"{ename}: {evalue}" if evalue else ename).splitlines():
+        indent = line[:len(line) - len(line.lstrip())]
+        lines += textwrap.wrap(line, width, subsequent_indent=indent or "    ",
+                               break_long_words=False, break_on_hyphens=False) or [""]
+    return "\n".join(lines)
+
+
+def unanswered(exc: BaseException) -> Optional[NotAnswered]:
+    """``exc`` as :class:`NotAnswered` when it is an exercise's stub: a bare
+    ``NotImplementedError()`` raised by code of a notebook cell (not by a library, whose files
+    are on disk); else None. The message names the function or method to write, or, for a stub
+    at the top level of a cell, that cell."""
+    if type(exc) is not NotImplementedError or exc.args or exc.__traceback__ is None:
+        return None
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    if os.path.isfile(code.co_filename) and "/ipykernel_" not in code.co_filename:
+        return None
+    if code.co_name == "<module>":
+        return NotAnswered(f"This exercise is not answered yet: write your answer in this cell "
+                           f"(replace `{STUB}`), then run it.")
+    name = getattr(code, "co_qualname", code.co_name)
+    return NotAnswered(f"`{name}` is not answered yet: write it in its cell "
+                       f"(replace `{STUB}`), run that cell, then this one.")
+
+
+def _shell():
+    ipython = sys.modules.get("IPython")
+    return ipython.get_ipython() if ipython is not None else None
+
+
+def notebook_messages() -> None:
+    """Called by every lesson's setup cell. In an IPython kernel, an exercise's stub reached
+    anywhere (its own cell, a demonstration, a test) shows as :class:`NotAnswered`'s one line;
+    the cell still fails (the kernel replies "error"). Any other ``NotImplementedError`` keeps
+    its traceback. Outside IPython it does nothing. Used in 01 .. 07."""
+    shell = _shell()
+    if shell is None:
+        return
+
+    def show(shell, etype, value, tb, tb_offset=None):
+        shown = unanswered(value)
+        if shown is None:
+            shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        else:
+            shell.showtraceback((NotAnswered, shown, tb))
+
+    shell.set_custom_exc((NotImplementedError,), show)
+
+
+# What run_test(..., grade_id=...) saw in this kernel: grade_id -> whether its visible cases
+# passed and the failure as shown; the grade ids recorded by the cell now running.
+_results: Dict[str, dict] = {}
+_this_cell: List[str] = []
+_hooked: list = []          # the shells whose post_run_cell calls _after_cell
+
+
+def _record(grade_id: str, failure: Optional[BaseException]) -> None:
+    message = "" if failure is None else error_text(type(failure).__name__, str(failure))
+    if isinstance(failure, NotAnswered):       # the summary lists them all: what, not how
+        message = message.split(": ", 1)[0] + "."
+    _results[str(grade_id)] = {"passed": failure is None, "message": message}
+    shell = _shell()
+    if shell is not None:
+        _this_cell.append(str(grade_id))
+        if shell not in _hooked:
+            shell.events.register("post_run_cell", _after_cell)
+            _hooked.append(shell)
+
+
+def _after_cell(result) -> None:
+    """A test cell that failed after its run_test passed (code below the call) has not passed."""
+    error = getattr(result, "error_in_exec", None) or getattr(result, "error_before_exec", None)
+    for grade_id in _this_cell:
+        if error is not None and _results[grade_id]["passed"]:
+            _results[grade_id] = {"passed": False,
+                                  "message": error_text(type(error).__name__, str(error))}
+    _this_cell.clear()
+
+
+def summary(points: Mapping[str, float], out=None) -> None:
+    """A lesson's last cell: your visible tests so far, as ``fpnlab check`` reports them, from
+    what run_test recorded in this kernel. ``points`` maps each visible test cell's grade id to
+    its points, in notebook order; the cell is written from the notebook's nbgrader metadata
+    (``autograder.authoring.summary_cell``). A test cell not run in this kernel counts 0.
+    Hidden tests are not run in a learner's notebook and not counted. Prints nothing when
+    graded. Used in 01 .. 07::
+
+        PASS  resize-trace  1/1
+        FAIL  resize-sizes  0/2
+              `resized_size` is not answered yet.
+        1 of 2 visible tests pass: 1 of 3 points (hidden tests may still fail when graded)
+    """
+    if _state["mode"] != "local":
+        return
+    from .selfcheck import Outcome, report
+
+    outcomes = []
+    for grade_id, value in points.items():
+        rec = _results.get(grade_id) or {"passed": False, "message": "not run yet in this kernel"}
+        outcomes.append(Outcome(grade_id, float(value), rec["passed"], rec["message"]))
+    report(outcomes, out=out)
 
 
 def _publish(payload: dict) -> None:

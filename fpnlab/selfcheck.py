@@ -85,6 +85,8 @@ def run(nb, path: Path, timeout: int = 600, kernel: Optional[str] = None) -> Lis
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
+    from .judge import error_text
+
     nb = visible_only(nb)
     client = NotebookClient(nb, timeout=timeout, allow_errors=True,
                             kernel_name=_kernel_name(nb, kernel),
@@ -108,11 +110,10 @@ def run(nb, path: Path, timeout: int = 600, kernel: Optional[str] = None) -> Lis
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
         message = ""
         if errors:
-            e = errors[0]
-            evalue = str(e.get("evalue", "") or "").strip()
-            message = ANSI.sub("", f"{e.get('ename', 'Error')}: {evalue}" if evalue
-                               else str(e.get("ename", "Error")))
-            if e.get("ename") == "NotImplementedError":
+            e = errors[0]                # worded as the notebook shows it (fpnlab.judge)
+            message = ANSI.sub("", error_text(str(e.get("ename", "Error")),
+                                              str(e.get("evalue", "") or "")))
+            if e.get("ename") == "NotImplementedError" and not str(e.get("evalue", "")).strip():
                 message += " (the exercise is not answered yet)"
             elif e.get("ename") == "NameError":
                 message += " (run or answer the exercise cell above this test)"
