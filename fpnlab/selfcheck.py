@@ -16,8 +16,10 @@ The notebook file is not modified. Exit status: 0 when every test passes, 1 when
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +90,26 @@ def run(nb, path: Path, timeout: int = 600, kernel: Optional[str] = None) -> Lis
     from .judge import error_text
 
     nb = visible_only(nb)
-    client = NotebookClient(nb, timeout=timeout, allow_errors=True,
-                            kernel_name=_kernel_name(nb, kernel),
-                            resources={"metadata": {"path": str(path.parent.resolve())}})
+    with tempfile.TemporaryDirectory(prefix="fpnlab-check-") as sockets:
+        # The kernel talks over unix sockets in a folder of this user's (no TCP port, so no
+        # "running over TCP without encryption" warning, and nothing another user can reach).
+        client = NotebookClient(nb, timeout=timeout, allow_errors=True,
+                                kernel_name=_kernel_name(nb, kernel), config=_ipc(sockets),
+                                resources={"metadata": {"path": str(path.parent.resolve())}})
+        return _outcomes(client, nb, path, timeout, DeadKernelError, error_text)
+
+
+def _ipc(folder: str):
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name == "posix":
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = os.path.join(folder, "kernel")
+    return config
+
+
+def _outcomes(client, nb, path: Path, timeout: int, DeadKernelError, error_text) -> List[Outcome]:
     try:
         client.execute()
     except DeadKernelError as e:

@@ -89,3 +89,19 @@ def test_a_kernel_that_dies_is_a_usage_error_that_says_so(tmp_path, capsys):
     assert cli.main(["check", path]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert "the kernel died while running toy.ipynb" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_the_command_prints_the_report_and_nothing_from_the_kernel(tmp_path):
+    """As a learner runs it: stdout is the report, stderr is empty (no kernel warning about
+    TCP: the kernel talks over unix sockets in a private folder)."""
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, toy.with_answer(toy.ALTERNATIVE))
+    proc = subprocess.run([sys.executable, "-m", "fpnlab.cli", "check", path], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("PASS") and "visible tests pass" in proc.stdout
+    assert not list(tmp_path.glob("kernel*")), "socket files left in the working folder"
