@@ -105,3 +105,37 @@ def test_the_command_prints_the_report_and_nothing_from_the_kernel(tmp_path):
     assert proc.stderr == "", proc.stderr
     assert proc.stdout.startswith("PASS") and "visible tests pass" in proc.stdout
     assert not list(tmp_path.glob("kernel*")), "socket files left in the working folder"
+
+
+def _guide_example() -> tuple:
+    """The instructor guide's `fpnlab check` example: (the notebook it describes, what the
+    guide says it prints). The notebook: lesson 01 as released, every answer the solution's but
+    to_image_list, which centres the image (a mistake from tests/test_lesson_01.py)."""
+    from test_lesson_01 import CENTERED
+
+    sol = nbformat.read(str(ROOT / "solutions" / "01-preprocessing" / "01-preprocessing.ipynb"), 4)
+    nb = nbformat.read(str(ROOT / "lessons" / "01-preprocessing" / "01-preprocessing.ipynb"), 4)
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in sol.cells
+               if c.metadata.get("nbgrader", {}).get("solution")}
+    answers["to-image-list"] = CENTERED
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            cell.source = answers[meta["grade_id"]]
+    guide = (ROOT / "autograder" / "README.md").read_text()
+    section = guide.split("## For learners: `fpnlab check`")[1]
+    block = section.split("```\n")[1]
+    command, printed = block.split("\n", 1)
+    assert command.startswith("$ fpnlab check ") and "01-preprocessing.ipynb" in command
+    return nb, printed
+
+
+@pytest.mark.slow
+def test_the_guides_example_is_what_the_command_prints(tmp_path):
+    import io
+
+    nb, printed = _guide_example()
+    path = Path(_write(tmp_path, nb, "01-preprocessing.ipynb"))
+    out = io.StringIO()
+    selfcheck.report(selfcheck.run(nb, path), out)
+    assert out.getvalue() == printed
