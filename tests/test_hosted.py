@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import nbformat
@@ -24,6 +22,7 @@ import pytest
 
 import fpnlab
 from autograder import authoring as A
+from freshvenv import FreshVenv, build_wheel
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSON = "01-preprocessing"
@@ -85,44 +84,22 @@ def test_the_setup_cell_installs_only_on_a_hosted_runtime(monkeypatch):
 
 # ----------------------------------------------------------------------------- a hosted runtime
 
-def run(cmd, **kw):
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    assert proc.returncode == 0, f"{cmd}: {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "--disable-pip-version-check", "-w", str(out), str(ROOT)], cwd=out)
-    (path,) = out.glob("fpnlab-*.whl")
-    return path
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
-class Runtime:
+class Runtime(FreshVenv):
     """A fresh venv without fpnlab, as a Jupyter kernel named ``hosted``."""
 
     def __init__(self, root: Path):
-        base = shutil.which("python3.11") or sys.executable
-        self.venv = root / "venv"
-        run([base, "-m", "venv", str(self.venv)])
-        self.python = self.venv / "bin" / "python"
-        self.site = Path(run([str(self.python), "-c", "import sysconfig; "
-                              "print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-        (self.site / "course-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-        # the venv's own old setuptools would shadow the one torch needs
-        run([str(self.python), "-m", "pip", "uninstall", "-q", "-y", "setuptools"], cwd=root)
+        super().__init__(root)
         self.jupyter = root / "jupyter"
         spec = self.jupyter / "kernels" / "hosted"
         spec.mkdir(parents=True)
         (spec / "kernel.json").write_text(
             '{"argv": ["%s", "-m", "ipykernel_launcher", "-f", "{connection_file}"], '
             '"display_name": "hosted", "language": "python"}' % self.python)
-
-    def imports(self, module: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.python), "-c", f"import {module}; print({module}.__file__)"],
-                              capture_output=True, text=True, cwd=self.venv)
 
     def execute(self, nb, monkeypatch, env: dict) -> nbformat.NotebookNode:
         from nbclient import NotebookClient

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -23,43 +21,24 @@ from fpnlab.reference import reference_image_size, reference_shapes
 from grading import toy
 
 from conftest import requires
+from freshvenv import FreshVenv, build_wheel, run
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run(cmd, **kw):
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    assert proc.returncode == 0, f"{cmd}: {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(ROOT)], cwd=out)
-    (path,) = out.glob("fpnlab-*.whl")
-    return path
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory, wheel) -> Path:
     """A new venv with the wheel installed, grader extra included; returns its bin/."""
-    venv = tmp_path_factory.mktemp("venv") / "v"
-    run([sys.executable, "-m", "venv", str(venv)])
-    py = venv / "bin" / "python"
-    site = Path(run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
-                    ).stdout.strip())
-    (site / "course-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    # venv's own old setuptools would shadow the one torch needs (and --no-index cannot replace it)
-    run([str(py), "-m", "pip", "uninstall", "-q", "-y", "setuptools"], cwd=venv)
-    probe = subprocess.run([str(py), "-c", "import fpnlab"], capture_output=True, text=True,
-                           cwd=venv)
-    assert probe.returncode != 0, "the checkout's fpnlab leaked into the fresh venv"
-    run([str(py), "-m", "pip", "install", "-q", "--no-index", "--disable-pip-version-check",
-         f"{wheel}[grader]"], cwd=venv)
-    return venv / "bin"
+    venv = FreshVenv(tmp_path_factory.mktemp("venv"))
+    assert venv.imports("fpnlab").returncode != 0, "the checkout's fpnlab leaked into the fresh venv"
+    venv.pip_install(f"{wheel}[grader]")
+    return venv.bin
 
 
 def test_the_wheel_holds_the_released_lessons_and_no_solutions(wheel):
