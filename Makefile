@@ -11,7 +11,7 @@ STAMP := $(VENV)/.fpnlab-setup
 KERNEL := fpnlab
 LAB_PORT ?= 8888
 
-.PHONY: setup system lab lab-instructor test test-fast release bench clean
+.PHONY: setup system lab lab-instructor test test-fast release site bench clean
 
 ## setup: .venv with the pinned packages, fpnlab (editable) and the notebooks' kernel. A second run does nothing.
 setup: $(STAMP)
@@ -49,6 +49,10 @@ test-fast: setup
 ## release: regenerate lessons/ from solutions/ with nbgrader.
 release: setup
 	$(PY) -m autograder.release
+
+## site: the released lessons as a static website (Jupyter Book 1, offline) in build/site/_build/html.
+site: setup
+	$(PY) -m autograder.site
 
 ## bench: speed and cost figures (prints a table, writes bench/results.json).
 bench: setup system

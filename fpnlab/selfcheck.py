@@ -94,12 +94,14 @@ def run(nb, path: Path, timeout: int = 600, kernel: Optional[str] = None) -> Lis
         # The kernel talks over unix sockets in a folder of this user's (no TCP port, so no
         # "running over TCP without encryption" warning, and nothing another user can reach).
         client = NotebookClient(nb, timeout=timeout, allow_errors=True,
-                                kernel_name=_kernel_name(nb, kernel), config=_ipc(sockets),
+                                kernel_name=_kernel_name(nb, kernel), config=unix_sockets(sockets),
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
         return _outcomes(client, nb, path, timeout, DeadKernelError, error_text)
 
 
-def _ipc(folder: str):
+def unix_sockets(folder: str):
+    """nbclient/jupyter_client configuration: the kernel's channels as unix sockets in
+    ``folder`` (on POSIX; elsewhere the default TCP on localhost)."""
     from traitlets.config import Config
 
     config = Config()
