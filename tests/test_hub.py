@@ -583,6 +583,10 @@ def semester(hub) -> Semester:
     # formgrader service (the grader account's server) for its staff only
     sem.facts["formgrader_instr"] = hub.server_api(instr, "GET", "formgrader/api/assignments")
     sem.facts["formgrader_a"] = hub.server_api(a, "GET", "formgrader/api/assignments")
+    sem.facts["kernelspecs"] = {acct.name: hub.server_api(acct, "GET", "api/kernelspecs")
+                                for acct in (instr, a)}
+    sem.facts["news"] = hub.server_api(
+        a, "GET", "lab/api/settings/@jupyterlab/apputils-extension:notification")
     deadline = time.monotonic() + 120
     while hub.service_api(instr, COURSE, "GET", "api/status")[0] != 200:
         assert time.monotonic() < deadline, f"the {COURSE} service does not answer:\n{hub.log_tail()}"
@@ -658,6 +662,16 @@ def test_each_server_runs_as_its_account_with_the_hubs_nbgrader_settings(semeste
         "JUPYTER_CONFIG_PATH"]
     assert str(HUB_CONFIG.parent / "learner") not in semester.facts["env"][hub.instructor.name][
         "JUPYTER_CONFIG_PATH"]
+
+
+def test_every_server_offers_the_course_kernel_only_and_no_news(semester):
+    for name, (status, specs) in semester.facts["kernelspecs"].items():
+        assert status == 200 and set(specs["kernelspecs"]) == {"fpnlab"}, (name, specs)
+        assert specs["default"] == "fpnlab", (name, specs)
+    status, setting = semester.facts["news"]
+    assert status == 200, setting
+    props = setting["schema"]["properties"]
+    assert props["fetchNews"]["default"] == "false" and props["checkForUpdates"]["default"] is False
 
 
 def test_the_instructor_releases_to_both_courses(semester):

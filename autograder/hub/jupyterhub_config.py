@@ -113,6 +113,11 @@ c.JupyterHub.load_roles += [
 
 c.JupyterHub.spawner_class = "localprocess"   # a process of the account's own uid, in its home
 c.Spawner.cmd = [str(BIN / "jupyterhub-singleuser")]
+# Every server: the course's kernel only (the venv's plain python3 kernel is not offered) and no
+# "Jupyter news" prompt (settings/overrides.json).
+c.Spawner.args = ["--KernelSpecManager.allowed_kernelspecs=fpnlab",
+                  "--MappingKernelManager.default_kernel_name=fpnlab",
+                  f"--LabApp.app_settings_dir={HERE / 'settings'}"]
 c.Spawner.default_url = "/lab"
 
 
