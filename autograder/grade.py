@@ -15,7 +15,9 @@ What nbgrader does not do by itself, and this module adds (see autograder/README
   one warm sandbox per student that imports torch once and forks a kernel per notebook
   (:mod:`autograder.warmkernel`);
 - grades ``--workers N`` shards at once, each an nbgrader course of its own with its own sqlite
-  gradebook, and merges them into ``OUT/gradebook.db`` from this one process;
+  gradebook, and merges them into ``OUT/gradebook.db`` from this one process; or, with
+  ``--scheduler ADDRESS``, sends the shards to a Dask cluster and merges what each returns
+  (:mod:`autograder.distributed`);
 - writes feedback HTML without hidden tests or tracebacks (nbgrader #1363), but with each failed
   test's message;
 - keeps ``OUT/grades.csv`` across runs: a submission whose bytes and lesson did not change keeps
@@ -642,7 +644,7 @@ def _kernel_dir(course: Path) -> Path:
 class Shard:
     """One worker: an nbgrader course of its own (copy of OUT's gradebook), graded in order."""
 
-    def __init__(self, out: Path, index: int, settings: Settings):
+    def __init__(self, out: Path, index: int, settings: Settings, run_id: Optional[str] = None):
         self.index, self.settings = index, settings
         # A uid of its own per worker and per grading run (as root): the process limit counts
         # per uid, so a fork bomb here cannot starve another worker's kernel.
@@ -662,7 +664,8 @@ class Shard:
         self.status_dir = self.path / "grading" / "status"
         self.status_dir.mkdir(parents=True)
         self.chunks = 0
-        self.run_id = time.strftime("%Y%m%d-%H%M%S")
+        # Names this shard's logs in OUT/grading/logs/ (``<run_id>-shard<index>-<log>``).
+        self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
 
     def env(self) -> dict:
         limits = sandbox.Limits(timeout=self.settings.timeout, memory=self.settings.memory,
@@ -1010,11 +1013,14 @@ def default_source() -> Path:
 def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
           settings: Optional[Settings] = None, source: Optional[Path] = None,
           progress: Optional[bool] = None, force: bool = False,
-          zip_pattern: str = ZIP_PATTERN, log: Callable[[str], None] = print) -> List[Row]:
+          zip_pattern: str = ZIP_PATTERN, log: Callable[[str], None] = print,
+          scheduler=None) -> List[Row]:
     """Grade ``submissions`` for ``lesson`` (or ``all``) into the course folder ``out``.
 
     Returns the rows of this run (every row, kept ones included, is in ``out/grades.csv``).
-    An unchanged submission keeps its row unless ``force``.
+    An unchanged submission keeps its row unless ``force``. ``scheduler`` (a Dask scheduler's
+    address, ``local:N``, or a ``distributed.Client``) grades on a Dask cluster instead of
+    ``workers`` local shards (:mod:`autograder.distributed`).
     Raises :class:`UsageError` for a bad invocation.
     """
     settings = settings or Settings()
@@ -1042,7 +1048,8 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
     if nested(out, source) or nested(out, submissions):
         raise UsageError(f"--out {out} must be a folder of its own, apart from the course and "
                          "the submissions")
-    if settings.sandbox and not sandbox.bwrap_available():
+    # On a cluster the workers run learner code: each is checked there (autograder.distributed).
+    if settings.sandbox and scheduler is None and not sandbox.bwrap_available():
         raise UsageError("bubblewrap (bwrap) is not installed or cannot create namespaces here: "
                          "learner code would run with your rights. Install it (Debian: apt-get "
                          "install bubblewrap; `make system`) or pass --unsafe-no-sandbox.")
@@ -1087,10 +1094,15 @@ def grade(lesson: str, submissions: Path, out: Path, *, workers: int = 1,
                               exchange.get((row.student_id, row.lesson)))
     record_zero(out, decided)
 
-    graded, judge_s = _run_shards(out, todo, workers, settings, progress, hashes, now)
-    for row in graded:
-        rows[(row.student_id, row.lesson)] = row
-    write_grades(out / "grades.csv", rows.values())
+    def checkpoint(merged: List[Row]) -> None:
+        """grades.csv with what is merged so far: a run stopped half-way keeps those grades."""
+        for row in merged:
+            rows[(row.student_id, row.lesson)] = row
+        write_grades(out / "grades.csv", rows.values())
+
+    graded, judge_s = _run_shards(out, todo, workers, settings, progress, hashes, now,
+                                  scheduler=scheduler, checkpoint=checkpoint, log=log)
+    checkpoint(graded)
     kept = len(jobs) - len(decided) - len(todo)
     log(f"fpnlab grade: {len(graded)} notebooks graded, {len(decided)} not gradable, "
         f"{kept} unchanged (kept); grades in {out / 'grades.csv'}"
@@ -1124,11 +1136,31 @@ def _chunks(jobs: List[Job], size: int):
         yield chunk
 
 
+def _progress_bar(total: int, progress: Optional[bool]):
+    """A tqdm bar on stderr (by default when it is a terminal), or None."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm import tqdm
+    size = shutil.get_terminal_size((100, 20))      # a pty of size 0 x 0: 100 x 20
+    return tqdm(total=total, unit="notebook", desc="grading", file=sys.stderr,
+                ncols=size.columns, nrows=size.lines)
+
+
 def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
-                progress: Optional[bool], hashes: Dict[str, str], now: str) -> Tuple[List[Row], float]:
-    """Grade ``todo`` on ``workers`` shards; the rows, and the seconds the judge took in all."""
+                progress: Optional[bool], hashes: Dict[str, str], now: str, *, scheduler=None,
+                checkpoint: Optional[Callable[[List[Row]], None]] = None,
+                log: Callable[[str], None] = print) -> Tuple[List[Row], float]:
+    """Grade ``todo`` on ``workers`` shards, or on the Dask cluster ``scheduler``; the rows, and
+    the seconds the judge took in all. On a cluster each chunk is merged as it arrives and
+    ``checkpoint`` gets its rows."""
     if not todo:
         return [], 0.0
+    if scheduler is not None:
+        from . import distributed
+        return distributed.run(scheduler, out, todo, settings, progress, hashes, now,
+                               checkpoint=checkpoint, log=log)
     workers = max(1, min(workers, len(todo)))
     # Round-robin over the notebooks sorted by student, so each shard gets a fair mix and, within
     # a shard, a student's notebooks come one after another (one warm sandbox serves them).
@@ -1136,14 +1168,7 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
     plan: List[List[Job]] = [[] for _ in shards]
     for i, job in enumerate(sorted(todo, key=lambda j: (j.student_id, j.lesson))):
         plan[i % workers].append(job)
-    if progress is None:
-        progress = sys.stderr.isatty()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        size = shutil.get_terminal_size((100, 20))      # a pty of size 0 x 0: 100 x 20
-        bar = tqdm(total=len(todo), unit="notebook", desc="grading", file=sys.stderr,
-                   ncols=size.columns, nrows=size.lines)
+    bar = _progress_bar(len(todo), progress)
     lock = threading.Lock()
     results: List[List[Row]] = [[] for _ in shards]
 
@@ -1151,11 +1176,7 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
         shard = shards[i]
         try:
             for chunk in _chunks(plan[i], CHUNK):
-                try:
-                    rows = shard.grade(chunk)
-                except Exception as e:  # noqa: BLE001 (one chunk never stops the batch)
-                    rows = [Row(j.student_id, j.lesson, 0.0, 0.0, "error",
-                                f"{type(e).__name__}: {e}"[:300], j.sha256) for j in chunk]
+                rows = grade_chunk(shard, chunk)
                 for row in rows:
                     row.source_sha256, row.graded_at = hashes[row.lesson], now
                 results[i].extend(rows)
@@ -1163,11 +1184,7 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
                     with lock:
                         bar.set_postfix_str(f"{rows[-1].student_id}: {rows[-1].status}", refresh=False)
                         bar.update(len(rows))
-            err = shard.feedback(sorted({r.lesson for r in results[i] if r.status == GRADED}))
-            if err:
-                for r in results[i]:
-                    if r.status == GRADED:
-                        r.detail = _join(r.detail, f"no feedback: {err}")
+            shard_feedback(shard, results[i])
         finally:
             if getattr(shard, "judge", None) is not None:
                 shard.judge.close()
@@ -1179,26 +1196,59 @@ def _run_shards(out: Path, todo: List[Job], workers: int, settings: Settings,
         bar.close()
     rows = []
     for i, shard in enumerate(shards):       # merged here, one writer, in shard order
-        by_lesson: Dict[str, List[str]] = {}
-        for row in results[i]:
-            if row.status == GRADED:
-                by_lesson.setdefault(row.lesson, []).append(row.student_id)
-        for lesson, students in by_lesson.items():
-            merge(out, shard.path, lesson, students, shard.path / "grading" / "submitted")
-        for row in results[i]:
-            if row.status != GRADED:
-                kept = shard.path / "grading" / "submitted" / row.student_id / row.lesson
-                write_status_feedback(out, row, notebook_name(out / "solutions", row.lesson),
-                                      {n: (kept / n).read_text() for n in EXCHANGE_FILES
-                                       if (kept / n).is_file()})
-            rows.append(row)
-        record_zero(out, [r for r in results[i] if r.status != GRADED])
-        logs = out / "grading" / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        for log in sorted((shard.path / "grading" / "logs").glob("*.log")):
-            shutil.copy2(log, logs / f"{shard.run_id}-shard{i}-{log.name}")
-        shutil.rmtree(shard.path, ignore_errors=True)     # merged: the shard's course is debris
+        merge_shard(out, shard.path, results[i], shard.run_id, i)
+        rows.extend(results[i])
     return rows, sum(getattr(sh, "judge_seconds", 0.0) for sh in shards)
+
+
+def grade_chunk(shard: Shard, chunk: List[Job]) -> List[Row]:
+    """``shard.grade(chunk)``; an exception becomes an ``error`` row per job (one chunk never
+    stops the batch)."""
+    try:
+        return shard.grade(chunk)
+    except Exception as e:  # noqa: BLE001
+        return [Row(j.student_id, j.lesson, 0.0, 0.0, "error",
+                    f"{type(e).__name__}: {e}"[:300], j.sha256) for j in chunk]
+
+
+def shard_feedback(shard: Shard, rows: List[Row]) -> None:
+    """Feedback pages for the graded ``rows`` of ``shard`` (one nbgrader run); a failure is
+    noted in their detail."""
+    err = shard.feedback(sorted({r.lesson for r in rows if r.status == GRADED}))
+    if err:
+        for r in rows:
+            if r.status == GRADED:
+                r.detail = _join(r.detail, f"no feedback: {err}")
+
+
+def merge_shard(out: Path, folder: Path, rows: List[Row], run_id: str, index: int,
+                exchange: Optional[Dict[Tuple[str, str], Dict[str, str]]] = None) -> None:
+    """Fold one graded shard into OUT (this process alone writes OUT), then remove it.
+
+    ``folder`` is laid out as a shard's course: ``gradebook.db``, ``autograded/``,
+    ``feedback/``, ``grading/submitted/``, ``grading/verdicts/``, ``grading/logs/`` (a local
+    shard's own folder, or one materialised from a Dask worker's result). ``rows`` are its rows;
+    a row not graded gets its status page and a 0, with the exchange files kept in the shard,
+    else those in ``exchange``. Merging the same shard twice leaves OUT as merging it once: the
+    gradebook keeps one submission per (student, lesson), and each folder is replaced."""
+    by_lesson: Dict[str, List[str]] = {}
+    for row in rows:
+        if row.status == GRADED:
+            by_lesson.setdefault(row.lesson, []).append(row.student_id)
+    for lesson, students in by_lesson.items():
+        merge(out, folder, lesson, students, folder / "grading" / "submitted")
+    for row in rows:
+        if row.status != GRADED:
+            kept = folder / "grading" / "submitted" / row.student_id / row.lesson
+            found = {n: (kept / n).read_text() for n in EXCHANGE_FILES if (kept / n).is_file()}
+            write_status_feedback(out, row, notebook_name(out / "solutions", row.lesson),
+                                  found or (exchange or {}).get((row.student_id, row.lesson)))
+    record_zero(out, [r for r in rows if r.status != GRADED])
+    logs = out / "grading" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for log in sorted((folder / "grading" / "logs").glob("*.log")):
+        shutil.copy2(log, logs / f"{run_id}-shard{index}-{log.name}")
+    shutil.rmtree(folder, ignore_errors=True)     # merged: the shard's course is debris
 
 
 # ----------------------------------------------------------------------------- nbgrader plug-ins
@@ -1462,7 +1512,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="a folder <student>/<lesson>/<notebook>.ipynb (or <student>/<notebook>.ipynb), "
                    "or an LMS .zip of <student>_<anything>.ipynb files (see --zip-pattern)")
     g.add_argument("--out", required=True, help="the grading course folder (kept across runs)")
-    g.add_argument("--workers", type=_positive, default=1, help="shards graded at once (default 1)")
+    g.add_argument("--workers", type=_positive, default=1,
+                   help="shards graded at once (default 1); with --scheduler local, the cluster's "
+                   "processes")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="grade on a Dask cluster: a scheduler's address (tcp://host:8786), or "
+                   "local:N for a LocalCluster of N worker processes on this machine (local: "
+                   "--workers of them); each worker needs fpnlab[grader] (the same version) and "
+                   "bubblewrap")
     g.add_argument("--timeout", type=_positive, default=600,
                    help="wall-clock limit per notebook in seconds (default 600)")
     g.add_argument("--memory-gb", type=_positive, default=6, help="memory limit per kernel in GB (default 6)")
@@ -1493,10 +1550,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.unsafe_no_sandbox:
         print("fpnlab grade: WARNING: --unsafe-no-sandbox: learner code runs with your rights",
               file=sys.stderr)
+    scheduler = args.scheduler
+    if scheduler == "local":
+        scheduler = f"local:{args.workers}"
     try:
         grade(args.lesson, Path(args.submissions), Path(args.out), workers=args.workers,
               settings=settings, source=Path(args.source) if args.source else None,
               progress=False if args.no_progress else None, force=args.force,
+              scheduler=scheduler,
               **({"zip_pattern": args.zip_pattern} if args.zip_pattern else {}))
     except UsageError as e:
         print(f"fpnlab grade: {e}", file=sys.stderr)

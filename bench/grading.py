@@ -1,5 +1,5 @@
-"""Grading figures: one student's whole course, a class of one stage with 1 and 2 workers, and
-plain `nbgrader autograde` on the same class."""
+"""Grading figures: one student's whole course, a class of one stage with 1 and 2 workers and on
+a 2-worker Dask LocalCluster, and plain `nbgrader autograde` on the same class."""
 from __future__ import annotations
 
 import re
@@ -22,9 +22,11 @@ JUDGE = re.compile(r"the judge took ([0-9.]+) s")
 LAST_JUDGE_S: list = []        # the judge's seconds of each _grade call, in order
 
 
-def _grade(lesson: str, submissions: Path, out: Path, workers: int, cold: bool = False) -> float:
+def _grade(lesson: str, submissions: Path, out: Path, workers: int, cold: bool = False,
+           scheduler: str = "") -> float:
     cmd = [sys.executable, "-m", "fpnlab.cli", "grade", lesson, str(submissions), "--out", str(out),
-           "--workers", str(workers), "--no-progress"] + (["--cold-kernels"] if cold else [])
+           "--workers", str(workers), "--no-progress"] + (["--cold-kernels"] if cold else []) \
+        + (["--scheduler", scheduler] if scheduler else [])
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - t
@@ -79,6 +81,12 @@ def measure(repeat: int, class_size: int) -> dict:
         print(f"  class of {class_size}, 1 worker: {t1:.1f} s", flush=True)
         t2 = _grade(CLASS_LESSON, klass, tmp / "class-out-2", workers=2)
         print(f"  class of {class_size}, 2 workers: {t2:.1f} s", flush=True)
+        # The same class through Dask: `--scheduler local:2` starts a LocalCluster of 2 worker
+        # processes (its start-up counts), sends the course and the notebooks as data, merges
+        # each chunk's returned files: the overhead of going through Dask, next to t2.
+        td = _grade(CLASS_LESSON, klass, tmp / "class-out-dask", workers=2, scheduler="local:2")
+        print(f"  class of {class_size}, 2-worker Dask LocalCluster: {td:.1f} s "
+              f"({td / t2:.3f}x --workers 2)", flush=True)
 
         # 3. plain nbgrader on the same class (no sandbox, no feedback, one process)
         plain = Course(tmp / "plain")
@@ -95,5 +103,13 @@ def measure(repeat: int, class_size: int) -> dict:
         print(f"  class of {class_size}, plain nbgrader autograde: {tn:.1f} s", flush=True)
     out.update({"class_1_worker_s": t1, "class_2_workers_s": t2, "class_plain_nbgrader_s": tn,
                 "speedup_2_workers": t1 / t2, "ratio_vs_nbgrader": t2 / tn,
-                "ratio_1_worker_vs_nbgrader": t1 / tn})
+                "ratio_1_worker_vs_nbgrader": t1 / tn,
+                "class_dask_local_2_s": td, "ratio_dask_vs_workers_2": td / t2})
+    # On paper (autograder/README.md): 1,000 learners x 9 lessons, each learner one chunk of 9
+    # notebooks. One worker grades a learner's 7 lessons in course_per_student_s, so a notebook
+    # costs t = course_per_student_s / 7 of a worker, and N workers take 1000 x 9 x t x r / N,
+    # r the Dask overhead measured above.
+    per_notebook = out["course_per_student_s"] / out["course_notebooks"]
+    out["paper_per_notebook_s"] = per_notebook
+    out["paper_1000x9_worker_h"] = 1000 * 9 * per_notebook * (td / t2) / 3600
     return out

@@ -114,6 +114,9 @@ def targets(figures: dict) -> list:
     if g.get("ratio_vs_nbgrader"):
         out.append(at_most("fpnlab grade, 2 workers / plain nbgrader autograde",
                            g["ratio_vs_nbgrader"], 1.0, "x"))
+    if g.get("ratio_dask_vs_workers_2"):
+        out.append(at_most("class: 2-worker Dask LocalCluster / --workers 2",
+                           g["ratio_dask_vs_workers_2"], 1.15, "x"))
     s = figures.get("shapes", {})
     if s.get("ratio_cpu_over_meta_480x576"):
         out.append(at_least("CPU forward / meta shape check at 480x576",
@@ -144,6 +147,10 @@ def report(figures: dict, targs: list) -> str:
         if g.get("course_cold_kernels_s"):
             multiples += f", {g['course_cold_kernels_s'] / fl['median_s']:.1f}x (cold kernels)"
         lines.append(f"grading whole course / one floor                   {multiples}")
+    if g.get("paper_1000x9_worker_h"):
+        w = g["paper_1000x9_worker_h"]
+        lines.append(f"on paper: 1,000 learners x 9 lessons, on N workers  {w:.1f} h / N "
+                     f"(N=16: {w / 16:.2f} h, N=64: {w / 64:.2f} h)")
     for key, value in figures.get("shapes", {}).items():
         if isinstance(value, float):
             lines.append(f"shapes {key:<44} {fmt_seconds(value) if key.endswith('_s') else f'{value:.1f}x'}")

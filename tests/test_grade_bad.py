@@ -80,13 +80,10 @@ class Listener:
         self.sock.close()
 
 
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory):
-    base = tmp_path_factory.mktemp("bad")
-    source = toy.make_course(base / "course")
-    out = base / "out"
-    subs = base / "submissions"
-    listener = Listener()
+def write_bad_class(subs, out, source, port, only=None):
+    """Write the batch of bad submissions into ``subs`` (one student each; ``only``: a subset of
+    the student names). ``out`` and ``source`` are the paths the snooping student looks for,
+    ``port`` the loopback port the network student tries. Returns the student names written."""
     secret = out / "gradebook.db"
     snoop = f'''
 import glob, os
@@ -109,7 +106,7 @@ except OSError as e:
 '''
     network = f'''
 import socket
-for host, port in [("127.0.0.1", {listener.port}), ("1.1.1.1", 80)]:
+for host, port in [("127.0.0.1", {port}), ("1.1.1.1", 80)]:
     try:
         socket.create_connection((host, port), timeout=3).close()
         print("NET connected", host)
@@ -161,10 +158,26 @@ def pad_to(x, d=32):
                            "lambda result: print('LEAK', result.info.raw_cell))")
     leak.cells.append(nbformat.v4.new_code_cell("print('HISTORY', In)"))
     students["history-leak"] = leak
-    toy.class_of(subs, students)
-    toy.write_submission(subs, "wrong-name", sol, name="my homework.ipynb")
-    (subs / "missing" / toy.LESSON).mkdir(parents=True)
-    (subs / "missing" / toy.LESSON / "notes.txt").write_text("I forgot the notebook")
+    every = set(students) | {"wrong-name", "missing"}
+    wanted = every if only is None else set(only)
+    assert wanted <= every, f"no such bad submission: {sorted(wanted - every)}"
+    toy.class_of(subs, {k: v for k, v in students.items() if k in wanted})
+    if "wrong-name" in wanted:
+        toy.write_submission(subs, "wrong-name", sol, name="my homework.ipynb")
+    if "missing" in wanted:
+        (subs / "missing" / toy.LESSON).mkdir(parents=True)
+        (subs / "missing" / toy.LESSON / "notes.txt").write_text("I forgot the notebook")
+    return sorted(wanted)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bad")
+    source = toy.make_course(base / "course")
+    out = base / "out"
+    subs = base / "submissions"
+    listener = Listener()
+    write_bad_class(subs, out, source, listener.port)
     try:
         rows = G.grade(toy.LESSON, subs, out, workers=2, source=source, progress=False,
                        # 6 GB (the default): the limit counts address space, and the warm kernel's
