@@ -187,12 +187,16 @@ def write_config(course: Path) -> None:
 
 
 def run_nbgrader(args: List[str], course: Path, env: Optional[dict] = None, check: bool = False,
-                 timeout: Optional[float] = None) -> subprocess.CompletedProcess:
+                 timeout: Optional[float] = None, one_thread: bool = True
+                 ) -> subprocess.CompletedProcess:
+    """nbgrader ``args`` on the course folder ``course``, with the venv's bin/ on PATH. Grading
+    runs it (and what it starts) on one thread per process (``one_thread``): the workers share
+    the cores; the release and round-trip tools leave torch its threads."""
     full = dict(os.environ)
     full.update(env or {})
     full["FPNLAB_COURSE_ROOT"] = str(course)
     full["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full.get('PATH', '')}"
-    for var in sandbox.THREAD_VARS:
+    for var in sandbox.THREAD_VARS if one_thread else ():
         full.setdefault(var, "1")
     try:
         proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=full,

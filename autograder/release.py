@@ -35,7 +35,7 @@ def nbgrader(args: list[str], course_root: Path, check: bool = True) -> subproce
     from .grade import run_nbgrader     # the one nbgrader runner of the course's tools
 
     write_config(course_root)
-    return run_nbgrader(args, Path(course_root), check=check)
+    return run_nbgrader(args, Path(course_root), check=check, one_thread=False)
 
 
 def generate(into: Path, names: list[str] | None = None, root: Path = ROOT) -> Path:
