@@ -20,7 +20,7 @@ from .timing import Target, at_least, at_most, fmt_seconds, median, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results.json"
-SECTIONS = ("floor", "notebooks", "grading", "shapes", "model", "cuda")
+SECTIONS = ("floor", "notebooks", "grading", "shapes", "model", "widgets", "cuda")
 
 
 def _execute(nb, timeout=600):

@@ -1,4 +1,5 @@
-"""Bench sections that need the course's own code: the learner-style model, grading, the report."""
+"""Bench sections that need the course's own code: the learner-style model, grading, the shape
+explorer's reaction, the report."""
 from __future__ import annotations
 
 import inspect
@@ -89,6 +90,87 @@ def model(repeat: int) -> dict:
             "outputs_equal": max_diff < 1e-4, "runs": {"learner": mine_runs, "torchvision": tv_runs}}
 
 
+EXPLORER_TIMINGS = ROOT / "test-artifacts" / "browser" / "explorer-timings.json"
+
+
+def widgets(repeat: int) -> dict:
+    """The shape explorer's reaction (issue #16), in this process: change -> updated table (a
+    slider step: the observer's whole run; ``table_s`` with the model traced on the meta device
+    for a new padded size, ``table_same_padded_s`` for a step that keeps it, as most steps of a
+    drag do) and change -> redrawn picture (a number box: the picture thread's request to the
+    Image widget set; a slider step: the same plus the settle time), at the trace's size, at
+    1333x1333 and with the resize at 1333 (min_size = max_size); and the medians the browser
+    test recorded in Chromium (input -> table, input -> picture), when its artifact is there."""
+    import json
+    import time
+
+    from fpnlab import oracle
+    from fpnlab import widgets as w
+    from fpnlab.images import sample_image
+    from fpnlab.reference import reference_image_size
+    from fpnlab.shapes import REFERENCE
+
+    photo = sample_image()
+    big = REFERENCE.max_size
+    cases = {"trace": (reference_image_size(), REFERENCE.min_size),
+             f"{big}x{big}": ((big, big), REFERENCE.min_size),
+             f"resized {big}x{big}": ((big, big), big)}
+    n = max(repeat, 15)
+    out: dict = {"settle_s": w.SETTLE_S, "runs": n}
+    model = w.MetaModel(oracle.backbone)
+    box = w.shape_explorer(model, image=photo)      # as the explorer notebook does
+    box.settle()
+
+    def step(value) -> float:
+        t = time.perf_counter()
+        box.sliders["width"].value = value          # the table: synchronous
+        return time.perf_counter() - t
+
+    for name, ((h, wd), min_size) in cases.items():
+        box.controls["min_size"].value = min_size
+        box.controls["height"].value = h
+        box.controls["width"].value = wd
+        box.settle()
+        table, same, picture, slider_picture = [], [], [], []
+        for i in range(n):
+            value = wd - 2 - i % 2           # a new width every time, near the case's own
+            model.forget()
+            t = time.perf_counter()
+            table.append(step(value))        # traced on the meta device
+            box.settle()
+            slider_picture.append(time.perf_counter() - t)     # + the settle time
+            same.append(step(value + 1))     # remembered: the padded size is the same
+            t = time.perf_counter()
+            box.controls["width"].value = value + 2            # a box: drawn at once
+            box.settle()
+            picture.append(time.perf_counter() - t)
+        out[name] = {"table_s": median(table), "table_same_padded_s": median(same),
+                     "picture_s": median(picture), "slider_picture_s": median(slider_picture),
+                     "runs": {"table": table, "table_same_padded": same, "picture": picture,
+                              "slider_picture": slider_picture}}
+        print(f"  {name}: table {fmt_seconds(median(table))} (same padded size "
+              f"{fmt_seconds(median(same))}), picture {fmt_seconds(median(picture))} (after a "
+              f"slider step, settle included: {fmt_seconds(median(slider_picture))})", flush=True)
+    if EXPLORER_TIMINGS.exists():
+        rec = json.loads(EXPLORER_TIMINGS.read_text())
+        if rec.get("changes"):
+            out["browser"] = {
+                "file": str(EXPLORER_TIMINGS.relative_to(ROOT)),
+                "recorded": time.strftime("%Y-%m-%d %H:%M:%S",
+                                          time.localtime(EXPLORER_TIMINGS.stat().st_mtime)),
+                "changes": len(rec["changes"]),
+                "input_to_table_s": rec["median_input_to_table_s"],
+                "input_to_picture_s": rec["median_input_to_picture_s"],
+                "load_average": rec.get("load_average_before")}
+            print(f"  Chromium ({out['browser']['changes']} changes, {out['browser']['recorded']}): "
+                  f"input -> table {fmt_seconds(out['browser']['input_to_table_s'])}, "
+                  f"input -> picture {fmt_seconds(out['browser']['input_to_picture_s'])}", flush=True)
+    else:
+        out["browser"] = {"skipped": f"no {EXPLORER_TIMINGS.relative_to(ROOT)}: run the browser "
+                                     "test (pytest tests/test_browser.py -k shape_explorer)"}
+    return out
+
+
 def grading(repeat: int, class_size: int) -> dict:
     from .grading import measure
     return measure(repeat, class_size)
@@ -123,6 +205,17 @@ def targets(figures: dict) -> list:
                             s["ratio_cpu_over_meta_480x576"], 20, "x"))
     if s.get("meta_1333x1333_s") is not None:
         out.append(at_most("meta shape check at 1333x1333", s["meta_1333x1333_s"], 0.2, " s"))
+    wd = figures.get("widgets", {})
+    for name, case in wd.items():
+        if isinstance(case, dict) and "table_s" in case:
+            out.append(at_most(f"explorer {name}: slider step -> table", case["table_s"], 0.05, " s"))
+            out.append(at_most(f"explorer {name}: change -> picture", case["picture_s"], 0.3, " s"))
+    b = wd.get("browser", {})
+    if "input_to_table_s" in b:
+        out.append(at_most("explorer in Chromium: input -> table (median)", b["input_to_table_s"],
+                           0.05, " s"))
+        out.append(at_most("explorer in Chromium: input -> picture (median)",
+                           b["input_to_picture_s"], 0.3, " s"))
     m = figures.get("model", {})
     if m.get("ratio"):
         out.append(at_most("learner-style model / torchvision BackboneWithFPN (CPU)", m["ratio"], 1.10, "x"))
@@ -159,6 +252,19 @@ def report(figures: dict, targs: list) -> str:
         lines.append(f"learner-style model forward (CPU, 480x576)        {fmt_seconds(m['learner_s'])}")
         lines.append(f"torchvision BackboneWithFPN forward                {fmt_seconds(m['torchvision_s'])}")
         lines.append(f"ratio learner / torchvision                        {m['ratio']:.3f}")
+    for name, case in figures.get("widgets", {}).items():
+        if isinstance(case, dict) and "table_s" in case:
+            lines.append(f"explorer {name + ':':<42}table {fmt_seconds(case['table_s'])} "
+                         f"({fmt_seconds(case['table_same_padded_s'])}), picture "
+                         f"{fmt_seconds(case['picture_s'])} (slider: "
+                         f"{fmt_seconds(case['slider_picture_s'])})")
+    b = figures.get("widgets", {}).get("browser", {})
+    if "input_to_table_s" in b:
+        lines.append(f"explorer in Chromium, median of {b['changes']} changes:     table "
+                     f"{fmt_seconds(b['input_to_table_s'])}, picture "
+                     f"{fmt_seconds(b['input_to_picture_s'])}")
+    elif "skipped" in b:
+        lines.append(f"explorer in Chromium: skipped ({b['skipped']})")
     c = figures.get("cuda", {})
     if "skipped" in c:
         lines.append(f"CUDA: skipped ({c['skipped']})")

@@ -8,18 +8,28 @@ in a control shows a message in the widget instead of raising into the notebook:
 
     fpnlab.widgets.shape_explorer()                       # the shape engine alone
     fpnlab.widgets.shape_explorer(fpnlab.oracle.backbone)  # ... and a model's real shapes (meta)
-    fpnlab.widgets.pyramid(438, 512)                       # the pyramid drawing alone
+    fpnlab.widgets.pyramid()                               # the pyramid of the trace's photo
     fpnlab.widgets.feature_maps(model, fpnlab.oracle.preprocess(fpnlab.images.sample_image()))
     fpnlab.widgets.trace_diff(my_trace, fpnlab.tracing.reference_trace())
+
+The explorer reacts at once: its height and width are sliders (with a number box beside each
+for an exact value); the table follows every slider step in the kernel's own thread (the shape
+engine answers in microseconds, a model on the meta device in milliseconds), and the picture is
+redrawn by a thread of its own (:class:`Painter`) once the slider has settled for
+:data:`SETTLE_S`, on one kept figure (:class:`fpnlab.plots.PyramidDrawing`): neither waits for
+the other. Sizes default to the trace's photo (:func:`fpnlab.reference.reference_image_size`).
 """
 from __future__ import annotations
 
 import copy
 import html
 import itertools
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .reference import reference_image_size
 from .shapes import (INTERNALS, LEVELS, REFERENCE, SIZE_DIVISIBLE_CHOICES, STAGES, Config, Shape,
                      ShapeError, format_shape, pad_to, resized_size, stage_shapes, strides)
 
@@ -31,6 +41,18 @@ OUT_CHANNELS_CHOICES = (256, 1024)
 P6_CHOICES = ("C5", "P5")
 
 BAD_BG, ERROR_BG, FIRST_BG = "#ffe0e0", "#ffc7c7", "#ff8a80"
+
+#: Seconds a height/width slider must rest before the picture is redrawn (the table does not wait).
+SETTLE_S = 0.08
+
+
+def _photo_size(height, width, image=None) -> Tuple[object, object]:
+    """``(height, width)`` with None replaced: the image's size, else the trace's photo's."""
+    if height is None or width is None:
+        h, w = (image.height, image.width) if image is not None else reference_image_size()
+        height = h if height is None else height
+        width = w if width is None else width
+    return height, width
 
 
 # ============================================================================ the model, on meta
@@ -77,12 +99,32 @@ class MetaModel:
             raise TypeError("model must be a torch.nn.Module or a function that builds one, "
                             f"got {type(model).__name__}")
         self.name = type(self.module).__name__
+        self._seen: Dict[Tuple[int, int, int], object] = {}
 
     def shapes(self, height: int, width: int, batch: int = 1) -> Dict[str, Shape]:
-        """The stage shapes the model produces for an ``N x 3 x height x width`` input."""
+        """The stage shapes the model produces for an ``N x 3 x height x width`` input.
+
+        Remembered per input size (the last 256; an exception too): a slider drag changes the
+        photo at every step but the padded input only every ``size_divisible`` pixels, so most
+        steps need no trace."""
         from .tracing import meta_shapes
 
-        return meta_shapes(lambda: self.module, height, width, batch)
+        key = (height, width, batch)
+        if key not in self._seen:
+            if len(self._seen) >= 256:
+                self._seen.pop(next(iter(self._seen)))
+            try:
+                self._seen[key] = meta_shapes(lambda: self.module, height, width, batch)
+            except Exception as err:
+                self._seen[key] = err
+        found = self._seen[key]
+        if isinstance(found, Exception):
+            raise found
+        return dict(found)
+
+    def forget(self) -> None:
+        """Drop the remembered shapes (the bench times a trace with it)."""
+        self._seen.clear()
 
 
 def _as_meta_model(model) -> Optional[MetaModel]:
@@ -148,7 +190,7 @@ def validate(height, width, min_size, max_size, size_divisible, out_channels, p6
     return msgs
 
 
-def explore(height=438, width=512, min_size: int = REFERENCE.min_size,
+def explore(height=None, width=None, min_size: int = REFERENCE.min_size,
             max_size: int = REFERENCE.max_size, size_divisible: int = REFERENCE.size_divisible,
             out_channels: int = REFERENCE.out_channels, p6_from: str = REFERENCE.p6_from,
             model: Optional[MetaModel] = None) -> Exploration:
@@ -158,7 +200,9 @@ def explore(height=438, width=512, min_size: int = REFERENCE.min_size,
     :class:`MetaModel`), the shapes it produces on the meta device for the padded input sit next
     to them and every stage where the two disagree is marked ``mismatch``. When the top-down
     addition is impossible, the row of the failing level says why (``status == "error"``).
+    ``height`` and ``width`` default to the trace's photo.
     """
+    height, width = _photo_size(height, width)
     res = Exploration(height, width, None)
     res.messages = validate(height, width, min_size, max_size, size_divisible, out_channels,
                             p6_from)
@@ -301,25 +345,156 @@ def _png(data: bytes):
                    layout=w.Layout(max_width="100%", align_self="flex-start"))
 
 
-def pyramid(height: int = 438, width: int = 512, config: Config = REFERENCE, image=None,
-            levels: Sequence[str] = LEVELS):
+def pyramid(height: Optional[int] = None, width: Optional[int] = None,
+            config: Config = REFERENCE, image=None, levels: Sequence[str] = LEVELS):
     """The pyramid drawing of :mod:`fpnlab.plots` as an ``Image`` widget (inline, no ipympl):
     the padded input and each of ``levels`` (P3..P7 by default; ``("P3", "P4", "P5")`` for the
-    FPN lesson) as grids with sizes and strides. An impossible configuration draws its failure."""
+    FPN lesson) as grids with sizes and strides. An impossible configuration draws its failure.
+    ``height`` and ``width`` default to ``image``'s size, else the trace's photo's."""
     from .plots import pyramid_png
 
+    height, width = _photo_size(height, width, image)
     return _png(pyramid_png(height, width, config, image=image, levels=levels))
 
 
-def shape_explorer(model=None, height: int = 438, width: int = 512, config: Config = REFERENCE,
-                   image=None, show_pyramid: bool = True):
-    """Controls for the image size and the configuration, the table of every stage's shape and
-    stride, and the pyramid drawing; with ``model`` (an ``nn.Module`` or a function building one),
-    the shapes that model really produces on the meta device too, mismatches in red.
+def picture_label(res: Exploration) -> str:
+    """What the explorer's picture shows, in words (the caption under it, which the browser
+    test reads to tell one picture from the next)."""
+    if res.messages:
+        return ""
+    if res.shape_error is not None:
+        return (f"the impossible top-down addition at {res.shape_error.level} for a "
+                f"{res.height}x{res.width} photo")
+    ph, pw = res.shapes["padded"][-2:]
+    return f"the pyramid of a {res.height}x{res.width} photo, padded to {ph}x{pw}"
 
-    Returns a ``VBox``; ``box.controls`` maps ``height``, ``width``, ``min_size``, ``max_size``,
-    ``size_divisible``, ``out_channels``, ``p6_from`` to their widgets, ``box.table`` is the HTML
-    widget and ``box.pyramid`` the Image widget.
+
+class Painter:
+    """Draws the explorer's picture on a thread of its own, newest request first.
+
+    :meth:`request` hands over an :class:`Exploration` and a delay; the thread waits until no
+    newer request has come for that long (a slider that settles), draws the newest one on a kept
+    :class:`fpnlab.plots.PyramidDrawing` (or :class:`fpnlab.plots.ShapeErrorDrawing`) and sets
+    the ``Image`` widget, so the kernel's own thread is free for the table meanwhile; ``caption``
+    (an HTML widget) says what the picture shows, or why it could not be drawn. The thread ends
+    after :attr:`idle_exit_s` without work and starts again on the next request. :meth:`wait`
+    blocks until the picture shows the last request (tests, the bench).
+    """
+
+    idle_exit_s = 30.0
+
+    def __init__(self, picture, image=None, levels: Sequence[str] = LEVELS, caption=None):
+        self.picture, self.image, self.levels, self.caption = picture, image, tuple(levels), caption
+        self._cond = threading.Condition()
+        self._job: Optional[Tuple[int, float, Exploration]] = None
+        self._requested = 0
+        self._drawn = 0
+        self._thread: Optional[threading.Thread] = None
+        self._drawing = None
+        self._error_drawing = None
+        #: (request number, seconds from the request's due time to the picture set) per drawing
+        self.timings: List[Tuple[int, float]] = []
+
+    def request(self, res: Exploration, delay: float = 0.0) -> int:
+        """Draw ``res`` once ``delay`` seconds pass with no newer request. Returns its number."""
+        with self._cond:
+            self._requested += 1
+            self._job = (self._requested, time.monotonic() + max(delay, 0.0), res)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="fpnlab-explorer-picture",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+            return self._requested
+
+    def wait(self, timeout: float = 30.0) -> bool:
+        """Block until the last request is drawn; False when ``timeout`` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._drawn >= self._requested, timeout)
+
+    @property
+    def pending(self) -> bool:
+        with self._cond:
+            return self._drawn < self._requested
+
+    def _next(self) -> Optional[Tuple[int, float, Exploration]]:
+        with self._cond:
+            while True:
+                if self._job is None:
+                    if not self._cond.wait(self.idle_exit_s) and self._job is None:
+                        self._thread = None
+                        return None
+                    continue
+                left = self._job[1] - time.monotonic()
+                if left <= 0:
+                    job, self._job = self._job, None
+                    return job
+                self._cond.wait(left)
+
+    def _run(self) -> None:
+        while True:
+            job = self._next()
+            if job is None:
+                return
+            number, due, res = job
+            self.draw(res)
+            with self._cond:
+                self.timings.append((number, time.monotonic() - due))
+                self._drawn = max(self._drawn, number)
+                self._cond.notify_all()
+
+    def draw(self, res: Exploration) -> None:
+        """Draw ``res`` now, in the calling thread (never raises: a failure shows in the
+        caption)."""
+        try:
+            picture = self.picture
+            if res.messages:
+                picture.layout.display = "none"
+                self._say("")
+                return
+            from .plots import PyramidDrawing, ShapeErrorDrawing
+
+            if res.shape_error is not None:
+                if self._error_drawing is None:
+                    self._error_drawing = ShapeErrorDrawing()
+                png = self._error_drawing.png(res.shape_error)
+            else:
+                if self._drawing is None:
+                    self._drawing = PyramidDrawing(self.levels, image=self.image)
+                png = self._drawing.png(res.shapes)
+            # the caption first: when the new picture arrives, it already says what it shows
+            # (one message each: this front end fails on a binary value sent with another trait)
+            self._say(f"<small>{html.escape(picture_label(res))}</small>")
+            picture.value = png
+            picture.layout.display = None
+        except Exception as err:  # never raise: the thread must go on
+            self._say(f'<span style="color:#b00020">explorer picture: '
+                      f"{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>")
+
+    def _say(self, text: str) -> None:
+        if self.caption is not None and self.caption.value != text:
+            self.caption.value = text
+
+
+def shape_explorer(model=None, height: Optional[int] = None, width: Optional[int] = None,
+                   config: Config = REFERENCE, image=None, show_pyramid: bool = True,
+                   settle_s: float = SETTLE_S):
+    """Sliders (and number boxes) for the image size, controls for the configuration, the table
+    of every stage's shape and stride, and the pyramid drawing; with ``model`` (an ``nn.Module``
+    or a function building one), the shapes that model really produces on the meta device too,
+    mismatches in red. Used in lesson 06 and the explorer notebook.
+
+    The table follows every step of a slider at once; the picture is redrawn on a thread of its
+    own when the slider has rested ``settle_s`` seconds, and at once after a number box (Enter)
+    or another control. ``height`` and ``width`` default to ``image``'s size, else the trace's
+    photo's.
+
+    Returns a ``VBox``; ``box.controls`` maps ``height``, ``width`` (the number boxes),
+    ``min_size``, ``max_size``, ``size_divisible``, ``out_channels``, ``p6_from`` to their widgets,
+    ``box.sliders`` maps ``height`` and ``width`` to the sliders, ``box.table`` is the HTML widget,
+    ``box.pyramid`` the Image widget and ``box.caption`` the line under it (both None without the
+    picture), ``box.settle()`` waits until the picture shows the current controls and
+    ``box.painter`` is the :class:`Painter`.
     """
     w = _widgets()
     for name, allowed in (("size_divisible", SIZE_DIVISIBLE_CHOICES),
@@ -327,6 +502,10 @@ def shape_explorer(model=None, height: int = 438, width: int = 512, config: Conf
         if getattr(config, name) not in allowed:
             raise ValueError(f"shape_explorer: config.{name} is {getattr(config, name)!r}; the "
                              f"control offers {allowed}")
+    if isinstance(settle_s, bool) or not isinstance(settle_s, (int, float)) or settle_s < 0:
+        raise ValueError(f"shape_explorer: settle_s must be a number of seconds >= 0, "
+                         f"got {settle_s!r}")
+    height, width = _photo_size(height, width, image)
     meta = None
     model_problem = None
     if model is not None:
@@ -338,9 +517,9 @@ def shape_explorer(model=None, height: int = 438, width: int = 512, config: Conf
     style = {"description_width": "90px"}
     layout = w.Layout(width="230px")
     controls = {
-        "height": w.IntText(value=height, description="height", style=style, layout=layout,
+        "height": w.IntText(value=height, style=style, layout=w.Layout(width="80px"),
                             continuous_update=False),
-        "width": w.IntText(value=width, description="width", style=style, layout=layout,
+        "width": w.IntText(value=width, style=style, layout=w.Layout(width="80px"),
                            continuous_update=False),
         "min_size": w.IntText(value=config.min_size, description="min_size", style=style,
                               layout=layout, continuous_update=False),
@@ -355,18 +534,32 @@ def shape_explorer(model=None, height: int = 438, width: int = 512, config: Conf
                                    description="P6 from", style={"description_width": "90px",
                                                                  "button_width": "60px"}),
     }
+    sliders = {name: w.IntSlider(value=_clamp(controls[name].value), min=SIDE_RANGE[0],
+                                 max=SIDE_RANGE[1], description=name, readout=False,
+                                 continuous_update=True, style=style,
+                                 layout=w.Layout(width="330px"))
+               for name in ("height", "width")}
     for name, c in controls.items():
         c.add_class(f"fpnlab-{name.replace('_', '-')}")
-    hint = w.HTML(f"<small>height and width: {SIDE_RANGE[0]}..{SIDE_RANGE[1]} pixels; "
-                  "press Enter after typing.</small>")
+    for name, c in sliders.items():
+        c.add_class(f"fpnlab-{name}-slider")
+    hint = w.HTML(f"<small>height and width: {SIDE_RANGE[0]}..{SIDE_RANGE[1]} pixels; drag a "
+                  "slider (the table follows at once, the picture when you let go), or type an "
+                  "exact value in its box and press Enter.</small>")
     table = w.HTML()
     table.add_class("fpnlab-table")
     picture = _png(b"") if show_pyramid else None
+    status = w.HTML()
+    caption = painter = None
     if picture is not None:
         picture.add_class("fpnlab-pyramid")
-    status = w.HTML()
+        caption = w.HTML()
+        caption.add_class("fpnlab-pyramid-caption")
+        painter = Painter(picture, image=image, caption=caption)
+    syncing = [False]      # a slider and its box are setting each other: one update, not two
 
-    def update(_change=None):
+    def refresh(settled: bool = True):
+        """The table now; the picture now (``settled``) or once the sliders rest."""
         try:
             values = {k: c.value for k, c in controls.items()}
             res = explore(**values, model=meta)
@@ -375,31 +568,65 @@ def shape_explorer(model=None, height: int = 438, width: int = 512, config: Conf
                 text = (f'<div class="fpnlab-model-error" style="color:#b00020">'
                         f"{html.escape(model_problem)}</div>") + text
             table.value = text
-            if picture is not None:
-                if res.messages:
-                    picture.layout.display = "none"
-                else:
-                    from .plots import draw_pyramid, draw_shape_error, figure_png
-
-                    fig = (draw_shape_error(res.shape_error) if res.shape_error is not None
-                           else draw_pyramid(res.shapes, image=image))
-                    picture.value = figure_png(fig, dpi=72)
-                    picture.layout.display = None
+            if painter is not None:
+                painter.request(res, 0.0 if settled else settle_s)
             status.value = ""
         except Exception as err:  # never raise into the notebook
             status.value = (f'<span style="color:#b00020">explorer error: '
                             f"{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>")
 
-    for c in controls.values():
-        c.observe(update, names="value")
-    left = w.VBox([controls[k] for k in ("height", "width", "min_size", "max_size")])
+    def from_slider(name):
+        def changed(change):
+            if syncing[0]:
+                return
+            syncing[0] = True
+            try:
+                controls[name].value = change["new"]
+            finally:
+                syncing[0] = False
+            refresh(settled=False)
+        return changed
+
+    def from_box(name):
+        def changed(change):
+            if syncing[0]:
+                return
+            value = change["new"]
+            if isinstance(value, int) and SIDE_RANGE[0] <= value <= SIDE_RANGE[1]:
+                syncing[0] = True
+                try:
+                    sliders[name].value = value
+                finally:
+                    syncing[0] = False
+            refresh(settled=True)
+        return changed
+
+    for name, c in controls.items():
+        c.observe(from_box(name) if name in sliders else (lambda _change: refresh()),
+                  names="value")
+    for name, c in sliders.items():
+        c.observe(from_slider(name), names="value")
+    rows = [w.HBox([sliders[k], controls[k]]) for k in ("height", "width")]
+    left = w.VBox(rows + [controls[k] for k in ("min_size", "max_size")])
     right = w.VBox([controls[k] for k in ("size_divisible", "out_channels", "p6_from")])
-    parts = [w.HBox([left, right]), hint, table, status] + ([picture] if picture else [])
+    parts = [w.HBox([left, right]), hint, table, status]
+    parts += [picture, caption] if picture is not None else []
     box = w.VBox(parts)
     box.add_class("fpnlab-explorer")
-    box.controls, box.table, box.pyramid, box.update = controls, table, picture, update
-    update()
+    box.controls, box.sliders, box.table, box.pyramid = controls, sliders, table, picture
+    box.caption, box.painter, box.update = caption, painter, refresh
+    box.settle = ((lambda timeout=30.0: painter.wait(timeout)) if painter
+                  else (lambda timeout=0.0: True))
+    refresh()
     return box
+
+
+def _clamp(value) -> int:
+    """A slider's value for a box's: inside :data:`SIDE_RANGE` (a bad box value keeps its
+    message; the slider shows the nearest end)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return SIDE_RANGE[0]
+    return min(max(value, SIDE_RANGE[0]), SIDE_RANGE[1])
 
 
 # ============================================================================ feature maps
@@ -470,7 +697,7 @@ def compute_levels(model, image) -> Levels:
     return Levels(maps, bg, hw, {k: st[k] for k in LEVELS})
 
 
-def activation_png(levels: Levels, level: str, channel: int, dpi: int = 90) -> bytes:
+def activation_png(levels: Levels, level: str, channel: int, dpi: int = 72) -> bytes:
     """PNG of one channel of one level over the padded input."""
     from .plots import draw_activation, figure_png
 
@@ -647,6 +874,7 @@ def trace_diff(learner, reference=None):
 
 
 __all__ = ["shape_explorer", "pyramid", "feature_maps", "trace_diff", "explore", "explorer_html",
-           "displayed_shape", "validate", "MetaModel", "meta_copy", "compute_levels",
+           "displayed_shape", "validate", "MetaModel", "meta_copy", "compute_levels", "Painter",
+           "picture_label", "SETTLE_S",
            "activation_png", "trace_diff_rows", "trace_diff_html", "Exploration", "Row", "DiffRow",
            "Levels"]

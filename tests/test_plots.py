@@ -1,5 +1,7 @@
 """The pyramid drawing and the activation plot: what they label comes from the shape engine,
-padding is shaded only where there is padding, and the README picture is up to date."""
+padding is shaded only where there is padding, the drawings are sized for reading on a screen,
+a kept drawing redrawn for another size is the fresh drawing of that size, and the README picture
+is up to date."""
 from __future__ import annotations
 
 import io
@@ -13,11 +15,13 @@ from PIL import Image
 from fpnlab import plots
 from fpnlab.reference import reference_shapes
 from fpnlab.shapes import LEVELS, REFERENCE, ShapeError, stage_shapes, strides
+from fpnlab.widgets import SIDE_RANGE
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
 PHOTO = reference_shapes()["image"][1:]      # the trace's photo (H, W)
 PADDED = reference_shapes()["padded"][2:]    # ... padded to a multiple of 32
+SIDE_MAX = SIDE_RANGE[1]                     # the explorer's largest side
 
 
 def titles(fig):
@@ -25,10 +29,22 @@ def titles(fig):
 
 
 def shaded(fig):
-    """Rectangles drawn in the padding colour, per axes."""
+    """Rectangles drawn (visible) in the padding colour, per axes."""
     pad = to_rgba(plots.PAD_COLOR)[:3]
-    return [[p for p in ax.patches if p.get_facecolor()[:3] == pytest.approx(pad)]
+    return [[p for p in ax.patches
+             if p.get_visible() and p.get_facecolor()[:3] == pytest.approx(pad)]
             for ax in fig.axes if ax.get_visible()]
+
+
+def pixels(png: bytes):
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=float)
+
+
+def px_per_unit(fig, ax):
+    """Screen pixels per data unit (per input pixel) of an axes, at the PNG's resolution."""
+    fig.canvas.draw()
+    (x0, _), (x1, _) = ax.transData.transform([(0, 0), (100, 0)])
+    return abs(x1 - x0) / 100
 
 
 @pytest.mark.parametrize("hw, cfg", [(PHOTO, REFERENCE),
@@ -104,6 +120,83 @@ def test_activation_plot_checks_its_input():
     assert plots.figure_png(fig).startswith(PNG)
     with pytest.raises(ValueError, match=r"expected a 2-D map \(h, w\), got shape \(2, 3, 4\)"):
         plots.draw_activation(np.zeros((2, 3, 4)))
+
+
+# ----------------------------------------------------------------------------- sized for reading
+LESSON_DRAWINGS = {"01 padded photo": (), "04 P3-P5": ("P3", "P4", "P5"), "explorer": LEVELS}
+
+
+@pytest.mark.parametrize("name", list(LESSON_DRAWINGS))
+def test_drawings_are_sized_for_reading(name):
+    """Labels at the notebook's text size, the padding's columns and P3's cells a few screen
+    pixels wide at least, grid lines crisp, and a picture that fits a notebook's width."""
+    from fpnlab.images import sample_image
+
+    levels = LESSON_DRAWINGS[name]
+    drawing = plots.PyramidDrawing(levels, image=sample_image())
+    fig = drawing.update(stage_shapes(*PHOTO))
+    px = fig.dpi / 72                                  # CSS pixels per point
+    for ax in fig.axes:
+        assert ax.title.get_fontsize() * px >= 13, (name, ax.get_title())
+        labels = [t for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_visible()]
+        assert all(t.get_fontsize() * px >= 12 for t in labels)
+    assert fig._suptitle.get_fontsize() * px >= 14
+    scale = px_per_unit(fig, fig.axes[0])
+    pad_cols = PADDED[1] - reference_shapes()["resized"][2]
+    assert pad_cols * scale >= (14 if not levels else 6), f"{name}: the padding is too thin"
+    if "P3" in levels:
+        p3 = fig.axes[1 + levels.index("P3")]
+        cell = strides(stage_shapes(*PHOTO))["P3"] * px_per_unit(fig, p3)
+        # lesson 04's 2 x 2 panels: cells of 5.5 px and more; six panels a row of three: 3 px
+        assert cell >= (5.5 if len(levels) == 3 else 3), f"{name}: P3 cells of {cell:.1f} px"
+        grid = p3.collections[0]
+        assert not grid.get_antialiased()[0] and grid.get_linewidth()[0] * px >= 1
+    png = drawing.png()
+    h, w = pixels(png).shape[:2]
+    assert 600 <= w <= 1000, f"{name}: {w} px wide"
+    # the hatched padding is visible: its strip differs from the photo beside it
+    img = pixels(png)
+    ax = fig.axes[0]
+    (x_img, y), (x_pad, _) = ax.transData.transform(
+        [(reference_shapes()["resized"][2] - 30, 100), (PADDED[1] - 4, 100)])
+    row = int(h - y)
+    assert np.abs(img[row, int(x_pad)] - img[row, int(x_img)]).sum() > 30
+
+
+def test_a_kept_drawing_redrawn_is_the_fresh_drawing_of_that_size():
+    from fpnlab.images import sample_image
+
+    photo = sample_image()
+    kept = plots.PyramidDrawing(image=photo)
+    first = kept.png(stage_shapes(*PHOTO))
+    artists = [id(a) for ax in kept.fig.axes for a in ax.get_children()]
+    for hw in ((600, 1500), (1333, 1333), PHOTO):
+        png = kept.png(stage_shapes(*hw))
+        fresh = plots.PyramidDrawing(image=photo).png(stage_shapes(*hw))
+        a, b = pixels(png), pixels(fresh)
+        assert a.shape == b.shape and np.abs(a - b).max() == 0, hw
+    assert [id(a) for ax in kept.fig.axes for a in ax.get_children()] == artists   # same artists
+    assert png == first
+    with pytest.raises(ValueError, match="nothing drawn yet"):
+        plots.PyramidDrawing().png()
+
+
+def test_a_kept_error_drawing_redrawn_is_the_fresh_one():
+    errors = []
+    for hw in (PHOTO, (600, 1500)):
+        with pytest.raises(ShapeError) as info:
+            stage_shapes(*hw, REFERENCE.with_(size_divisible=0))
+        errors.append(info.value)
+    kept = plots.ShapeErrorDrawing()
+    kept.png(errors[0])
+    assert kept.png(errors[1]) == plots.ShapeErrorDrawing().png(errors[1])
+    assert kept.png(errors[0]) == plots.pyramid_png(*PHOTO, REFERENCE.with_(size_divisible=0))
+
+
+def test_tall_and_wide_photos_keep_the_figure_in_bounds():
+    for hw in ((SIDE_MAX, 32), (300, SIDE_MAX)):
+        h, w = pixels(plots.pyramid_png(*hw)).shape[:2]
+        assert w <= 1000 and h <= 1000, (hw, w, h)
 
 
 def test_command_line_writes_the_picture(tmp_path, capsys):

@@ -1,19 +1,24 @@
 """The widgets' logic: set a control, the table says what the shape engine says; bad values show a
-message and never raise. The widgets are driven without a kernel (their observers run in plain
-Python), the pictures checked as PNG bytes."""
+message and never raise; a slider step updates the table at once and the picture once the slider
+settles. The widgets are driven without a kernel (their observers run in plain Python; the
+explorer's picture thread runs too, and ``box.settle()`` waits for it), the pictures checked as
+PNG bytes. How fast they react is measured by the browser test and the bench, not asserted."""
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
 from torch import nn
 
-from fpnlab import oracle, tracing, widgets
-from fpnlab.reference import reference_shapes
+from fpnlab import oracle, plots, tracing, widgets
+from fpnlab.reference import reference_image_size, reference_shapes
 from fpnlab.shapes import (LEVELS, REFERENCE, STAGES, ShapeError, format_shape, stage_shapes,
                            strides)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 PHOTO = reference_shapes()["image"][1:]      # the trace's photo (H, W)
+SIDE_RANGE = widgets.SIDE_RANGE
 
 
 def engine_column(html_text):
@@ -87,7 +92,9 @@ def test_impossible_addition_is_shown_where_and_why():
     box = widgets.shape_explorer()
     box.controls["size_divisible"].value = 0
     assert 'data-status="error"' in box.table.value
+    assert box.settle()
     assert bytes(box.pyramid.value).startswith(PNG) and box.pyramid.layout.display is None
+    assert "the impossible top-down addition at P3" in box.caption.value
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -103,11 +110,13 @@ def test_bad_control_values_show_a_message_and_never_raise(name, value, message)
     box.controls[name].value = value            # would raise here if the view raised
     assert message in box.table.value
     assert "fpnlab-messages" in box.table.value and "fpnlab-shapes" not in box.table.value
-    assert box.pyramid.layout.display == "none"
+    assert box.settle() and box.pyramid.layout.display == "none"
+    if name in box.sliders:                     # the slider keeps a value it can show
+        assert SIDE_RANGE[0] <= box.sliders[name].value <= SIDE_RANGE[1]
     box.controls[name].value = getattr(REFERENCE, name, PHOTO[0] if name == "height" else PHOTO[1])
     assert "fpnlab-messages" not in box.table.value
     assert engine_column(box.table.value) == expected_column(*PHOTO)
-    assert box.pyramid.layout.display is None
+    assert box.settle() and box.pyramid.layout.display is None
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -130,6 +139,104 @@ def test_explorer_starts_from_a_config_and_refuses_one_its_controls_cannot_show(
     with pytest.raises(ValueError,
                        match=r"config.out_channels is 512; the control offers \(256, 1024\)"):
         widgets.shape_explorer(config=REFERENCE.with_(out_channels=512))
+
+
+# ----------------------------------------------------------------------------- sliders, settling
+def test_sizes_default_to_the_trace_photo():
+    assert tuple(PHOTO) == reference_image_size()
+    assert (widgets.explore().height, widgets.explore().width) == tuple(PHOTO)
+    assert engine_column(widgets.explorer_html(widgets.explore())) == expected_column(*PHOTO)
+    box = widgets.shape_explorer(show_pyramid=False)
+    assert (box.controls["height"].value, box.controls["width"].value) == tuple(PHOTO)
+    assert (box.sliders["height"].value, box.sliders["width"].value) == tuple(PHOTO)
+    assert bytes(widgets.pyramid().value) == plots.pyramid_png(*PHOTO)
+    from PIL import Image
+    other = Image.new("RGB", (PHOTO[1] + 100, PHOTO[0] + 40))     # an image's own size first
+    box = widgets.shape_explorer(image=other, show_pyramid=False)
+    assert (box.controls["height"].value, box.controls["width"].value) == (other.height,
+                                                                           other.width)
+
+
+def test_sliders_and_number_boxes_follow_each_other():
+    box = widgets.shape_explorer(show_pyramid=False)
+    for name in ("height", "width"):
+        slider, number = box.sliders[name], box.controls[name]
+        assert (slider.min, slider.max) == SIDE_RANGE and slider.continuous_update
+        assert not number.continuous_update          # the box sends on Enter
+        slider.value = 700
+        assert number.value == 700
+        number.value = 901
+        assert slider.value == 901
+        number.value = SIDE_RANGE[1] + 1             # out of range: the box's message, the
+        assert slider.value == 901                   # slider stays where it was
+        assert f"{name} must be between" in box.table.value
+        slider.value = 640                           # the slider brings the box back in range
+        assert number.value == 640 and "fpnlab-messages" not in box.table.value
+    expected = expected_column(box.controls["height"].value, box.controls["width"].value)
+    assert engine_column(box.table.value) == expected
+
+
+def test_a_slider_step_updates_the_table_at_once_and_the_picture_when_it_settles():
+    box = widgets.shape_explorer(settle_s=1.0)
+    assert box.settle()
+    first, drawn = bytes(box.pyramid.value), len(box.painter.timings)
+    steps = [PHOTO[1] + 40 * i for i in range(1, 8)]
+    for width in steps:                       # a drag: every step's table at once
+        box.sliders["width"].value = width
+        assert engine_column(box.table.value) == expected_column(PHOTO[0], width)
+    assert box.painter.pending and bytes(box.pyramid.value) == first   # still settling
+    assert box.settle()
+    assert len(box.painter.timings) == drawn + 1        # one drawing for the whole drag ...
+    assert f"{PHOTO[0]}x{steps[-1]} photo" in box.caption.value     # ... of its last step
+    assert bytes(box.pyramid.value) == plots.pyramid_png(PHOTO[0], steps[-1])
+
+
+def test_a_number_box_or_a_control_redraws_without_waiting_for_a_settle():
+    box = widgets.shape_explorer(settle_s=30.0)
+    assert box.settle(timeout=10)
+    box.controls["height"].value = 600
+    assert box.settle(timeout=10), "a box change waited for the sliders' settle time"
+    assert "600x" in box.caption.value
+    box.controls["out_channels"].value = 256
+    assert box.settle(timeout=10)
+
+
+def test_the_picture_thread_never_raises_and_says_what_failed(monkeypatch):
+    box = widgets.shape_explorer()
+    assert box.settle()
+
+    def broken(self, shapes=None):
+        raise RuntimeError("no canvas today")
+
+    monkeypatch.setattr(plots.PyramidDrawing, "png", broken)
+    box.controls["width"].value = 700
+    assert box.settle()
+    assert "explorer picture: RuntimeError: no canvas today" in box.caption.value
+    assert engine_column(box.table.value) == expected_column(PHOTO[0], 700)   # the table is fine
+    monkeypatch.undo()
+    box.controls["width"].value = 720
+    assert box.settle() and "x720 photo" in box.caption.value
+
+
+def test_the_picture_thread_ends_when_idle_and_comes_back():
+    box = widgets.shape_explorer()
+    painter = box.painter
+    assert box.settle()
+    painter.idle_exit_s = 0.05
+    box.controls["width"].value = 640                # wakes it up with the short idle time
+    assert box.settle()
+    deadline = time.monotonic() + 5
+    while painter._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert painter._thread is None, "the idle picture thread did not end"
+    box.controls["width"].value = 660
+    assert box.settle() and "x660 photo" in box.caption.value
+
+
+@pytest.mark.parametrize("settle_s", [-1, "soon", True])
+def test_explorer_refuses_a_bad_settle_time(settle_s):
+    with pytest.raises(ValueError, match="settle_s must be a number of seconds >= 0"):
+        widgets.shape_explorer(settle_s=settle_s)
 
 
 # ----------------------------------------------------------------------------- with a model
@@ -248,6 +355,26 @@ def test_widget_with_a_model_follows_the_controls(meta_backbone):
     assert f'<td class="fpnlab-model" style="padding:1px 10px">{expected}</td>' in box.table.value
 
 
+def test_a_model_is_traced_once_per_padded_size(monkeypatch):
+    calls = []
+    real = tracing.meta_shapes
+
+    def counting(*args, **kwargs):
+        calls.append(args[1:3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracing, "meta_shapes", counting)
+    meta = widgets.MetaModel(oracle.backbone)
+    padded = {tuple(stage_shapes(PHOTO[0], w)["padded"][2:]) for w in range(PHOTO[1], PHOTO[1] + 6)}
+    rows = [widgets.explore(PHOTO[0], w, model=meta).rows for w in range(PHOTO[1], PHOTO[1] + 6)]
+    assert len(calls) == len(padded) < len(rows)        # a drag's steps share padded sizes
+    assert all(r.status in ("", "ok") for rs in rows for r in rs)
+    broken = widgets.MetaModel(nn.Linear(3, 3))
+    for _ in range(2):                                    # a failure is remembered too
+        assert widgets.explore(*PHOTO, model=broken).model_error.startswith("ValueError")
+    assert len(calls) == len(padded) + 1
+
+
 def test_meta_copy_leaves_the_model_alone():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -264,8 +391,10 @@ def test_pyramid_widget_is_a_png_that_changes_with_the_size():
     pa, pb = bytes(a.value), bytes(b.value)
     assert pa.startswith(PNG) and pb.startswith(PNG) and pa != pb
     box = widgets.shape_explorer()
+    assert box.settle()
     first = bytes(box.pyramid.value)
     box.controls["width"].value = 1500
+    assert box.settle()
     assert bytes(box.pyramid.value).startswith(PNG) and bytes(box.pyramid.value) != first
 
 
