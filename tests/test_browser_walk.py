@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from fpnlab import workspace as learner
-from test_browser import KERNEL_IDLE, NEEDS_BROWSER, learner_lab, open_lesson
+from test_browser import KERNEL_IDLE, NEEDS_BROWSER, NOTEBOOK_KERNEL_READY, learner_lab, open_lesson
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSON = "01-preprocessing"
@@ -64,6 +64,8 @@ def test_a_learner_runs_a_test_answers_passes_and_resets(tmp_path):
     with learner_lab(tmp_path, artifacts=ARTIFACTS) as session:
         page = session.page
         path = open_lesson(session, LESSON)
+        # the lesson's own kernel attached and idle (Run All before that would find no kernel)
+        page.wait_for_function(NOTEBOOK_KERNEL_READY, arg=path, timeout=90_000)
         # Run All: it stops at the first test, whose exercise is not answered yet.
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
         page.wait_for_function(KERNEL_IDLE, timeout=180_000)
