@@ -21,6 +21,7 @@ from fpnlab import judge as J
 from fpnlab import selfcheck
 from fpnlab.checks import CheckError, check_close, check_shape, diagnose
 from fpnlab.judge import NotAnswered, error_text, run_test, summary, unanswered
+from fpnlab.reference import reference_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSON = "01-preprocessing"
@@ -97,16 +98,24 @@ def test_a_word_longer_than_a_line_stays_whole():
     assert long in text.split()
 
 
+def _off(shape, dh=0, dw=0, h=None):
+    """``shape`` (N, C, H, W) with H and W moved: by ``dh`` / ``dw``, or H set to ``h``."""
+    n, c, height, width = shape
+    return (n, c, height + dh if h is None else h, width + dw)
+
+
 def test_the_same_cause_of_both_sides_is_said_once():
-    msg = diagnose("stem", (1, 64, 120, 144), (1, 64, 119, 143))
+    ref = reference_shapes()
+    stem, c4, c3 = ref["stem"], ref["C4"], ref["C3"]
+    msg = diagnose("stem", stem, _off(stem, -1, -1))
     assert msg.count("is the input padded") == 1 and "H and W are off by one" in msg
-    assert "119 x 143 instead of 120 x 144" in msg
-    e = raised(check_shape, torch.zeros(1, 64, 119, 143), "stem", (1, 64, 120, 144))
+    assert f"{stem[2] - 1} x {stem[3] - 1} instead of {stem[2]} x {stem[3]}" in msg
+    e = raised(check_shape, torch.zeros(_off(stem, -1, -1)), "stem", stem)
     assert no_repetition(str(e))
     # different causes stay apart, one each
-    both = diagnose("C4", (1, 1024, 30, 36), (1, 1024, 15, 37))
+    both = diagnose("C4", c4, _off(c4, dw=1, h=c4[2] // 2))
     assert "H is halved once too often" in both and "W is off by one" in both
-    assert diagnose("C3", (1, 512, 60, 72), (1, 512, 60, 71)).startswith("W is off by one at C3")
+    assert diagnose("C3", c3, _off(c3, dw=-1)).startswith("W is off by one at C3")
 
 
 def test_the_stub_of_a_function_a_method_and_a_cell_is_not_answered():
@@ -379,8 +388,9 @@ def test_the_kernel_still_replies_error_for_an_unanswered_exercise():
         status, (error,) = run("import torch\nclass M(torch.nn.Module):\n    pass\nM()(1)")
         assert status == "error" and error["ename"] == "NotImplementedError"   # torch's: as it was
         assert len(error["traceback"]) > 1
+        stem = tuple(reference_shapes()["stem"])
         status, (error,) = run("from fpnlab.checks import check_shape\n"
-                               "check_shape(torch.zeros(1, 64, 119, 143), 'stem', (1, 64, 120, 144))")
+                               f"check_shape(torch.zeros{_off(stem, -1, -1)}, 'stem', {stem})")
         assert status == "error" and error["traceback"] == error_text(
             "CheckError", error["evalue"]).splitlines()
     finally:
