@@ -281,7 +281,6 @@ def unpack_zip(zpath: Path, dest: Path, pattern: str = ZIP_PATTERN) -> Path:
         shutil.rmtree(dest)
     _intake_path(dest).unlink(missing_ok=True)
     dest.mkdir(parents=True)
-    total = 0
     refused: List[dict] = []
     flat: Dict[str, List[str]] = {}
     written: Dict[str, List[str]] = {}        # "<student>/<...>" -> the entries of that name
@@ -296,9 +295,6 @@ def unpack_zip(zpath: Path, dest: Path, pattern: str = ZIP_PATTERN) -> Path:
             if not parts or ".." in parts or info.filename.startswith("/") or \
                     any(p.startswith(".") or p == "__MACOSX" for p in parts):
                 continue
-            total += info.file_size
-            if total > MAX_ZIP:
-                raise UsageError(f"{zpath} unpacks to more than {MAX_ZIP >> 20} MB")
             is_flat = len(parts) == 1
             if is_flat:
                 match = regex.search(parts[0])

@@ -85,9 +85,6 @@ def _kernel_name(nb, wanted: Optional[str]) -> str:
 def run(nb, path: Path, timeout: int = 600, kernel: Optional[str] = None) -> List[Outcome]:
     """Execute ``nb`` (visible tests only) in a fresh kernel; one Outcome per graded test cell."""
     from nbclient import NotebookClient
-    from nbclient.exceptions import DeadKernelError
-
-    from .judge import error_text
 
     nb = visible_only(nb)
     with tempfile.TemporaryDirectory(prefix="fpnlab-check-") as sockets:
@@ -96,7 +93,7 @@ def run(nb, path: Path, timeout: int = 600, kernel: Optional[str] = None) -> Lis
         client = NotebookClient(nb, timeout=timeout, allow_errors=True,
                                 kernel_name=_kernel_name(nb, kernel), config=unix_sockets(sockets),
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
-        return _outcomes(client, nb, path, timeout, DeadKernelError, error_text)
+        return _outcomes(client, nb, path, timeout)
 
 
 def unix_sockets(folder: str):
@@ -111,7 +108,12 @@ def unix_sockets(folder: str):
     return config
 
 
-def _outcomes(client, nb, path: Path, timeout: int, DeadKernelError, error_text) -> List[Outcome]:
+def _outcomes(client, nb, path: Path, timeout: int) -> List[Outcome]:
+    """Execute with ``client``, then one Outcome per graded test cell."""
+    from nbclient.exceptions import DeadKernelError
+
+    from .judge import error_text
+
     try:
         client.execute()
     except DeadKernelError as e:

@@ -302,14 +302,20 @@ def test_rerun_regrades_only_what_changed_and_loses_no_grade(graded):
         "alice": 3.0, "bob": 3.0, "carol": 3.0, "dave": 2.0, "erin": 3.0, "frank": 2.0}
 
 
-def guide_command(args, out: Path, **env) -> subprocess.CompletedProcess:
-    """An nbgrader command as the instructor guide has it: typed in OUT, nothing set around it
-    (no FPNLAB_COURSE_ROOT, the repository not the working directory)."""
+def instructors_env() -> dict:
+    """The environment of an instructor's shell: the venv's commands, none of the course
+    tools' own variables (no FPNLAB_COURSE_ROOT)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FPNLAB_")}
     clean["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{clean.get('PATH', '')}"
-    clean.update(env)
+    return clean
+
+
+def guide_command(args, out: Path, **env) -> subprocess.CompletedProcess:
+    """An nbgrader command as the instructor guide has it: typed in OUT, nothing set around it
+    (the repository not the working directory)."""
     return subprocess.run([str(Path(sys.executable).parent / "nbgrader"), *args], cwd=out,
-                          env=clean, capture_output=True, text=True, timeout=300)
+                          env={**instructors_env(), **env}, capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.mark.slow
@@ -370,13 +376,11 @@ def test_formgrader_in_out_lists_the_graded_class(graded):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     token = secrets.token_hex(8)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FPNLAB_")}
-    clean["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{clean.get('PATH', '')}"
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "server", "--no-browser", f"--port={port}",
          "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={out}",
          *(["--allow-root"] if os.geteuid() == 0 else [])],
-        cwd=out, env=clean, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cwd=out, env=instructors_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}/formgrader/api/submissions/{toy.LESSON}"
         deadline, body = time.monotonic() + 60, None
@@ -466,7 +470,6 @@ def test_feedback_pages_work_offline_name_each_test_and_wrap_messages(graded):
 @pytest.mark.browser
 def test_feedback_message_wraps_in_a_browser(graded):
     """Chromium, at a narrow window: the failed test's message wraps, nothing is cut off."""
-    sys.path.insert(0, str(ROOT / "tests"))
     from browser import lab
 
     from playwright.sync_api import sync_playwright
