@@ -17,7 +17,7 @@ functions they call.
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Sequence, Tuple
+from typing import Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -59,10 +59,34 @@ def _axis(i: int, ndim: int) -> str:
     return names.get(i, f"dim {i}")
 
 
-def diagnose(stage: str, expected: Sequence[int], actual: Sequence[int]) -> Optional[str]:
+STAGES = ("image", "resized", "padded", "conv1", "stem", "C1", "C2", "C3", "C4", "C5",
+          "P3", "P4", "P5", "P6", "P7", "P6 input", "p6 input")
+
+
+def stage_of(label: str, stage: Optional[str] = None) -> str:
+    """The stage a cause is chosen for: ``stage`` when given, else the stage name that starts
+    ``label`` (a hidden test's label ``"resized (image 333x500, ...)"`` is the stage
+    ``resized``), else the label itself."""
+    if stage:
+        return stage
+    label = str(label)
+    for name in sorted(STAGES, key=len, reverse=True):
+        if label == name or label.startswith(name + " ") or label.startswith(name + ":"):
+            return name
+    return label
+
+
+def diagnose(stage: str, expected: Sequence[int], actual: Sequence[int], *,
+             padded: Optional[bool] = None) -> Optional[str]:
     """The likely cause of a shape mismatch at ``stage``, or None when none of the known
     patterns fits. Pure arithmetic on the two shapes; never the answer code. When H and W are
-    wrong the same way, the cause is said once for both."""
+    wrong the same way, the cause is said once for both.
+
+    ``stage`` may be a label that starts with the stage's name (:func:`stage_of`).
+    ``padded=True`` says the input was already padded to a multiple of 32: an off-by-one then
+    comes from the arithmetic of a layer (a size formula without its ``+ 1``, a pooling that
+    rounds up), not from the padding."""
+    stage = stage_of(stage)
     expected, actual = tuple(expected), tuple(actual)
     if expected == actual:
         return None
@@ -81,15 +105,16 @@ def diagnose(stage: str, expected: Sequence[int], actual: Sequence[int]) -> Opti
         if axis in ("H", "W"):
             if not sides:
                 causes.append(None)          # the place of the H/W cause, written below
-            sides[axis] = (e, a, _side_cause(stage, e, a))
+            sides[axis] = (e, a, _side_cause(stage, e, a, padded))
         elif axis == "C":
             if stage in P_LEVELS and {e, a} == {256, 1024}:
                 causes.append(f"{a} channels instead of {e}: out_channels. The reference uses "
-                              "RESNETS.BACKBONE_OUT_CHANNELS = 1024; the shipped RetinaNet/FCOS "
-                              "configs use 256.")
+                              "RESNETS.BACKBONE_OUT_CHANNELS = 1024 (the default); the shipped "
+                              "RetinaNet configs use 256.")
             elif stage in ("P6 input", "p6 input") and (e, a) == (2048, 1024):
-                causes.append("P6 reads 1024 channels instead of 2048: it was fed P5. P6 reads "
-                              "C5 unless in_channels == out_channels (the use_P5 rule).")
+                causes.append("P6 reads 1024 channels instead of 2048: it was fed P5. Which "
+                              "level P6 reads is decided by its channel counts (the use_P5 rule), "
+                              "and here they say C5.")
             elif a * 4 == e or a == e * 4:
                 causes.append(f"{a} channels instead of {e}: the bottleneck expansion is 4 "
                               "(out = 4 x width).")
@@ -107,14 +132,27 @@ def diagnose(stage: str, expected: Sequence[int], actual: Sequence[int]) -> Opti
     return " ".join(causes) if causes else None
 
 
-def _side_cause(stage: str, e: int, a: int) -> Tuple[Optional[str], str]:
+def _side_cause(stage: str, e: int, a: int, padded: Optional[bool] = None
+                ) -> Tuple[Optional[str], str]:
     """(what is wrong with one side, the likely cause) for a height or width ``a`` that should
     be ``e``; the first is None when no known pattern fits."""
     if abs(e - a) == 1:
         if stage == "resized":
-            return "off by one", ": the long side is truncated with int(), not rounded."
+            return "off by one", (": the long side is truncated, not rounded to the nearest "
+                                  "pixel." if a < e else ": the long side is rounded up, not to "
+                                  "the nearest pixel.")
         if stage == "padded":
-            return "off by one", ": round up to the next multiple of size_divisible (math.ceil)."
+            return "off by one", (": the padded side must reach the next multiple of "
+                                  "size_divisible (round up, not down)." if a < e else
+                                  ": a side that is already a multiple of size_divisible "
+                                  "gets no extra padding.")
+        if padded or stage in ("image",):
+            if a < e:
+                return "off by one", (": the input is already padded, so the padding is not "
+                                      "the cause: does an output-size formula miss its + 1?")
+            return "off by one", (": the input is already padded, so the padding is not the "
+                                  "cause: a pooling that rounds up (ceil_mode, Caffe's rule) "
+                                  "gives one more row or column than PyTorch's floor.")
         return "off by one", ": is the input padded to a multiple of 32 (size_divisible)?"
     if a in ((e + 1) // 2, e // 2):
         return "halved once too often", ": an extra stride 2 or pooling?"
@@ -155,36 +193,43 @@ def check_type(x, stage: str) -> None:
         raise CheckError(stage, "got a", "a torch.Tensor", kind, cause)
 
 
-def check_tensor(x, stage: str, shape: Optional[Sequence[int]] = None, *,
+def check_tensor(x, label: str, shape: Optional[Sequence[int]] = None, *,
                  dtype: Optional[torch.dtype] = torch.float32,
-                 device: Optional[torch.device | str] = None) -> None:
-    """Type, dtype, device, then shape (each only when given)."""
-    check_type(x, stage)
+                 device: Optional[torch.device | str] = None, stage: Optional[str] = None,
+                 padded: Optional[bool] = None) -> None:
+    """Type, dtype, device, then shape (each only when given). ``label`` is what the message
+    calls the tensor (``"C3 (input 1x3x96x160)"``); ``stage`` (default: the stage name that
+    starts the label) and ``padded`` choose the cause of a wrong shape (:func:`diagnose`)."""
+    check_type(x, label)
     if dtype is not None and x.dtype != dtype:
         cause = None
         if x.dtype == torch.uint8:
             cause = "uint8 pixels must become float32 before normalisation (ToTensor / .float())."
         elif x.dtype == torch.float64:
             cause = "float64 crept in (a NumPy array?): use float32."
-        raise CheckError(stage, "dtype", dtype, x.dtype, cause)
+        raise CheckError(label, "dtype", dtype, x.dtype, cause)
     if device is not None:
         want = torch.device(device)
         if x.device.type != want.type:
-            raise CheckError(stage, "device", want, x.device,
-                             "modules follow their input: create new tensors on x.device.")
+            raise CheckError(label, "device", want, x.device,
+                             "modules follow their input: create new tensors on the input's "
+                             "device (x.device), not on the default one.")
     if shape is not None:
-        check_shape(x, stage, shape)
+        check_shape(x, label, shape, stage=stage, padded=padded)
 
 
-def check_shape(x, stage: str, shape: Sequence[int]) -> None:
+def check_shape(x, label: str, shape: Sequence[int], *, stage: Optional[str] = None,
+                padded: Optional[bool] = None) -> None:
     """``x.shape`` equals ``shape``, with the likely cause when it does not."""
-    check_type(x, stage)
+    check_type(x, label)
     actual, expected = tuple(int(d) for d in x.shape), tuple(int(d) for d in shape)
     if actual != expected:
-        raise CheckError(stage, "shape", expected, actual, diagnose(stage, expected, actual))
+        raise CheckError(label, "shape", expected, actual,
+                         diagnose(stage_of(label, stage), expected, actual, padded=padded))
 
 
-def check_size(value, stage: str, expected: Sequence[int], what: str = "size") -> None:
+def check_size(value, label: str, expected: Sequence[int], what: str = "size", *,
+               stage: Optional[str] = None, padded: Optional[bool] = None) -> None:
     """``value`` is a tuple or list (torch.Size too) of Python ints equal to ``expected``, e.g.
     an (H, W) pair; the failure names the side that is off and the likely cause."""
     expected = tuple(int(v) for v in expected)
@@ -192,49 +237,87 @@ def check_size(value, stage: str, expected: Sequence[int], what: str = "size") -
             or any(type(v) is not int for v in value)):
         kinds = (", ".join(type(v).__name__ for v in value)
                  if isinstance(value, (tuple, list)) else type(value).__name__)
-        raise CheckError(stage, f"{what} is", f"a tuple of {len(expected)} Python ints",
+        raise CheckError(label, f"{what} is", f"a tuple of {len(expected)} Python ints",
                          f"({kinds})", "sizes are whole numbers: convert with int(); a float, "
                          "a tensor or a NumPy number is not accepted.")
     actual = tuple(value)
     if actual != expected:
-        raise CheckError(stage, what, expected, actual, diagnose(stage, expected, actual))
+        raise CheckError(label, what, expected, actual,
+                         diagnose(stage_of(label, stage), expected, actual, padded=padded))
 
 
 def check_stage(x, stage: str, height: int, width: int, config: Config = REFERENCE, *,
                 dtype: Optional[torch.dtype] = torch.float32,
-                device: Optional[torch.device | str] = None) -> None:
-    """Check ``x`` against the shape the engine gives ``stage`` for a ``height`` x ``width`` image."""
+                device: Optional[torch.device | str] = None, label: Optional[str] = None,
+                padded: Optional[bool] = None) -> None:
+    """Check ``x`` against the shape the engine gives ``stage`` for a ``height`` x ``width``
+    image; ``label`` (default: ``stage``) is what the message calls it."""
     expected = stage_shapes(height, width, config)[stage]
-    check_tensor(x, stage, expected, dtype=dtype, device=device)
+    check_tensor(x, label or stage, expected, dtype=dtype, device=device, stage=stage,
+                 padded=padded)
 
 
-def check_close(actual, expected: torch.Tensor, stage: str, *, rtol: float = 1e-4,
-                atol: float = 1e-4, cause: Optional[str] = None) -> None:
+def check_shape_table(got, expected: Mapping[str, Sequence[int]], label: str, *,
+                      padded: Optional[bool] = None) -> None:
+    """A prediction: ``got`` maps each name of ``expected`` (stages) to a shape written as a
+    tuple (or list) of Python ints. The first wrong entry fails with its stage's cause."""
+    if not isinstance(got, Mapping):
+        raise CheckError(label, "is a", "dict of name -> shape", type(got).__name__,
+                         "return a dict such as {name: (N, C, H, W), ...}, one entry per stage.")
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    if missing or extra:
+        raise CheckError(label, "has the entries", sorted(map(str, expected)),
+                         sorted(map(str, got)),
+                         (f"missing: {', '.join(map(str, missing))}. " if missing else "")
+                         + (f"not asked for: {', '.join(map(str, extra))}." if extra else ""))
+    for name, shape in expected.items():
+        check_size(got[name], f"{label}, {name}", tuple(shape), "shape", stage=str(name),
+                   padded=padded)
+
+
+def _agrees(a, e, rtol: float, atol: float):
+    scale = float(_abs(e).max()) if e.numel() else 0.0
+    return _isclose(a, e, rtol=rtol, atol=atol + rtol * scale)
+
+
+def check_close(actual, expected: torch.Tensor, label: str, *, rtol: float = 1e-4,
+                atol: float = 1e-4, cause: Optional[str] = None, stage: Optional[str] = None,
+                variants: Iterable[Tuple[str, torch.Tensor]] = ()) -> None:
     """Values of ``actual`` equal ``expected`` (an oracle's output) within tolerance.
 
     The failure names the largest difference and where it is, never the expected tensor.
-    ``cause`` is the likely cause to show when values differ.
+    ``cause`` is the likely cause to show when values differ. ``variants`` are known wrong
+    answers, ``(cause, their output)`` pairs computed by the judge (bilinear upsampling, the
+    stride in the other conv ...): when ``actual`` equals one of them, its cause is shown
+    instead, since the probe tells which mistake it is.
     """
-    check_tensor(actual, stage, tuple(expected.shape), dtype=expected.dtype, device=expected.device)
+    check_tensor(actual, label, tuple(expected.shape), dtype=expected.dtype,
+                 device=expected.device, stage=stage)
     if actual.device.type == "meta":
-        raise CheckError(stage, "device", "a real device for a value check", "meta")
+        raise CheckError(label, "device", "a real device for a value check", "meta")
     a = actual.detach().to(_float64)
     e = expected.detach().to(_float64)
     finite = _isfinite(a)
     if not bool(finite.all()):
         bad = int((~finite).sum())
-        raise CheckError(stage, "non-finite values:", "none", f"{bad} NaN/inf",
+        raise CheckError(label, "non-finite values:", "none", f"{bad} NaN/inf",
                          cause or "an overflow or a division by zero?")
     # Tolerance relative to the tensor's scale, so deep layers with large activations compare fairly.
-    scale = float(_abs(e).max()) if e.numel() else 0.0
-    ok = _isclose(a, e, rtol=rtol, atol=atol + rtol * scale)
+    ok = _agrees(a, e, rtol, atol)
     if not bool(ok.all()):
+        for known, wrong in variants:
+            if (type(wrong) is _Tensor and tuple(wrong.shape) == tuple(a.shape)
+                    and bool(_agrees(a, wrong.detach().to(device=a.device, dtype=_float64),
+                                     rtol, atol).all())):
+                cause = known
+                break
         err = _abs(a - e)
         idx = int(_argmax(err))
         where = tuple(int(i) for i in _unravel(torch.tensor(idx), a.shape))
         n_bad = int((~ok).sum())
         raise CheckError(
-            stage, "values differ from the oracle:",
+            label, "values differ from the oracle:",
             f"agreement within rtol={rtol:g}, atol={atol:g}",
             f"{n_bad} of {a.numel()} elements off, largest |difference| {float(err.max()):.4g} "
             f"at index {where}", cause)
@@ -274,6 +357,49 @@ def check_conv(module, name: str, in_channels: int, out_channels: int, kernel_si
         raise CheckError(name, "bias", "a bias" if bias else "no bias",
                          "a bias" if module.bias is not None else "no bias")
 
+
+
+# ----------------------------------------------------------------------------- errors
+_ERROR_CAUSES = (
+    (r"expected input\[?.*?to have (\d+) channels, but got (\d+) channels|"
+     r"Invalid channel dimensions|input channels.*?(?:does not|doesn't) match",
+     "a convolution received a tensor whose channel count is not its in_channels: check which "
+     "tensor feeds which block, and the channel counts the blocks were built with."),
+    (r"The size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\)",
+     "two tensors of different sizes were added or multiplied: the two sides of a sum must "
+     "have the same shape (is the right tensor upsampled, to the right size? is the input "
+     "padded to a multiple of 32?)."),
+    (r"Expected all tensors to be on the same device|on different devices|"
+     r"meta tensors? (?:is|are) not|Tensor on device meta",
+     "tensors on different devices met: modules follow their input, so create new tensors "
+     "on the input's device (x.device)."),
+    (r"modified by an inplace operation",
+     "an in-place operation changed a tensor that is still needed: use the out-of-place form."),
+    (r"Calculated padded input size per channel|Kernel size can't be greater than actual input",
+     "a kernel is larger than its (padded) input: the input is too small for this stage, or "
+     "a stride is applied too often."),
+    (r"mat1 and mat2 shapes cannot be multiplied|shapes cannot be multiplied",
+     "a matrix product got tensors of incompatible shapes."),
+    (r"not enough values to unpack|too many values to unpack",
+     "a tuple or list has another length than the code unpacking it expects: what does each "
+     "block return?"),
+    (r"object is not callable|object has no attribute",
+     "a name refers to something else than the code expects (a module not registered, a "
+     "tensor where a module is meant, or a typo)."),
+)
+
+
+def explain_error(exc: BaseException) -> Optional[str]:
+    """The likely cause of an exception raised by a learner's forward (a channel mismatch, an
+    addition of different sizes, mixed devices ...), read from its message; None when none of
+    the known patterns fits."""
+    import re
+
+    text = f"{type(exc).__name__}: {exc}"
+    for pattern, cause in _ERROR_CAUSES:
+        if re.search(pattern, text, re.S):
+            return cause
+    return None
 
 
 # ----------------------------------------------------------------------------- delegation

@@ -127,11 +127,14 @@ def _cases(cases: Iterable[Mapping], hidden: bool) -> List[Case]:
 
 def run_test(outputs: Callable[[Case], Any], judge: Callable[[Case, Any], None],
              cases: Sequence[Mapping] = ({},), hidden: bool = False,
-             grade_id: Optional[str] = None) -> None:
+             grade_id: Optional[str] = None, stage: Optional[str] = None) -> None:
     """Run ``outputs`` on each case and judge the result (see the module's docstring).
 
     ``grade_id`` (the test cell's own, on its visible call) only serves the learner's
-    :func:`summary`; the grader knows each cell's grade id from the notebook."""
+    :func:`summary`; the grader knows each cell's grade id from the notebook. ``stage`` names
+    what ``outputs`` runs (``"the FPN forward"``): in the learner's kernel an exception from
+    their code keeps its traceback and gains a note with the stage, the case and the likely
+    cause (:func:`fpnlab.checks.explain_error`)."""
     mode = _state["mode"]
     call = _state["calls"]
     _state["calls"] = call + 1
@@ -159,7 +162,12 @@ def run_test(outputs: Callable[[Case], Any], judge: Callable[[Case, Any], None],
     __tracebackhide__ = True                   # local: the learner sees the message at once,
     try:                                       # and IPython shows no frame of this function
         for case in cases:
-            judge(case, decode(encode(outputs(case))))
+            try:
+                got = outputs(case)
+            except Exception as e:
+                _add_note(e, case, stage)
+                raise
+            judge(case, decode(encode(got)))
     except Exception as e:
         shown = unanswered(e)
         if grade_id is not None and not hidden:
@@ -169,6 +177,20 @@ def run_test(outputs: Callable[[Case], Any], judge: Callable[[Case, Any], None],
         raise
     if grade_id is not None and not hidden:
         _record(grade_id, None)
+
+
+def _add_note(exc: BaseException, case: Case, stage: Optional[str]) -> None:
+    """A learner's exception, in their kernel: one note naming the stage, the case and the
+    likely cause (none for the course's own errors, which already say all of it)."""
+    from .checks import CheckError, explain_error
+
+    if isinstance(exc, (CheckError, HandOverError, NotImplementedError)) or not hasattr(
+            exc, "add_note"):
+        return
+    where = f"{stage}, {case.label()}" if stage else case.label()
+    cause = explain_error(exc)
+    exc.add_note(f"fpnlab: raised while running {where}."
+                 + (f" Likely cause: {cause}" if cause else ""))
 
 
 def _judge_one(judge, case: Case, item) -> dict:

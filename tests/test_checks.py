@@ -32,9 +32,72 @@ def test_one_pixel_off_points_at_padding():
     assert "W is off by one at C3" in str(e) and "multiple of 32" in str(e)
 
 
-def test_resize_off_by_one_points_at_truncation():
-    bad = (3, 480, 562)
-    assert "truncated" in checks.diagnose("resized", REF["resized"], bad)
+def test_resize_off_by_one_names_the_rounding_direction():
+    c, h, w = REF["resized"]
+    assert "truncated" in checks.diagnose("resized", REF["resized"], (c, h, w - 1))
+    assert "rounded up" in checks.diagnose("resized", REF["resized"], (c, h, w + 1))
+
+
+def test_a_hidden_tests_label_keeps_its_stages_cause():
+    c, h, w = REF["resized"]
+    label = f"resized (image {h - 5}x{w + 3}, max_size {w})"
+    e = fails(checks.check_size, (h, w - 1), label, (h, w))
+    assert e.stage == label and "truncated" in str(e) and "multiple of 32" not in str(e)
+    # the stage given apart from the label wins
+    e = fails(checks.check_shape, torch.zeros(REF["C3"][:-1] + (REF["C3"][-1] - 1,)),
+              "level 2 of your body", REF["C3"], stage="C3")
+    assert "W is off by one at C3" in str(e)
+
+
+def test_an_off_by_one_after_a_padded_input_does_not_blame_the_padding():
+    n, c, h, w = REF["stem"]
+    smaller = fails(checks.check_shape, torch.zeros(n, c, h - 1, w - 1), "stem", REF["stem"],
+                    padded=True)
+    larger = fails(checks.check_shape, torch.zeros(n, c, h + 1, w + 1), "stem", REF["stem"],
+                   padded=True)
+    for e in (smaller, larger):
+        assert "padding is not the cause" in str(e) and "multiple of 32 (size" not in str(e)
+    assert "+ 1" in str(smaller) and "ceil_mode" in str(larger)
+    unpadded = fails(checks.check_shape, torch.zeros(n, c, h - 1, w - 1), "stem", REF["stem"])
+    assert "multiple of 32" in str(unpadded)
+
+
+def test_a_value_mismatch_names_the_known_wrong_variant_it_equals():
+    x = torch.rand(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    nearest = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    bilinear = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear")
+    variants = [("it is bilinear upsampling", bilinear), ("it is x2 of the input", 2 * nearest)]
+    e = fails(checks.check_close, bilinear, nearest, "P4", variants=variants)
+    assert "bilinear upsampling" in str(e)
+    e = fails(checks.check_close, nearest + 1, nearest, "P4", cause="generic", variants=variants)
+    assert "generic" in str(e) and "bilinear" not in str(e)
+    checks.check_close(nearest, nearest, "P4", variants=variants)
+
+
+def test_a_prediction_table_names_the_wrong_entry_and_its_cause():
+    want = {k: REF[k] for k in ("C3", "C4")}
+    checks.check_shape_table({k: tuple(v) for k, v in want.items()}, want, "your prediction")
+    off = dict(want, C4=REF["C4"][:-1] + (REF["C4"][-1] - 1,))
+    e = fails(checks.check_shape_table, off, want, "your prediction")
+    assert "your prediction, C4" in str(e) and "off by one at C4" in str(e)
+    e = fails(checks.check_shape_table, {"C3": want["C3"]}, want, "your prediction")
+    assert "missing: C4" in str(e)
+    checks.check_shape_table(dict(want, C3=list(want["C3"])), want, "p")
+    e = fails(checks.check_shape_table, [want["C3"]], want, "p")
+    assert "dict" in str(e)
+
+
+def test_a_forward_error_is_explained():
+    conv = torch.nn.Conv2d(REF["C4"][1], 8, 1)
+    try:
+        conv(torch.zeros(REF["C3"]))
+    except RuntimeError as e:
+        assert "channel count" in checks.explain_error(e)
+    try:
+        torch.zeros(REF["C3"]) + torch.zeros(REF["C4"])
+    except RuntimeError as e:
+        assert "same shape" in checks.explain_error(e)
+    assert checks.explain_error(RuntimeError("something new")) is None
 
 
 def test_halved_too_often_or_too_rarely():

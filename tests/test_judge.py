@@ -212,3 +212,23 @@ def test_feedback_notebook_holds_verdicts_and_no_kernel_output(lesson):
     assert "kernel printout" not in text and J.MIME not in text
     assert "HIDDEN" not in text and judging.HANDOVER_MARK not in text
     assert "PASS  2/2" in text and "values differ from the oracle" in text
+
+
+def test_a_learners_exception_gains_the_stage_the_case_and_a_cause_in_their_kernel():
+    from fpnlab.reference import reference_shapes
+
+    ref = reference_shapes()
+    lateral = torch.nn.Conv2d(ref["C4"][1], 8, 1)
+
+    def outputs(case):
+        return lateral(torch.zeros(ref["C3"]))      # the C3 fed to C4's lateral
+
+    with pytest.raises(RuntimeError) as e:
+        J.run_test(outputs, lambda case, got: None, [dict(level="P4")], stage="the FPN forward")
+    notes = " ".join(getattr(e.value, "__notes__", []))
+    assert "the FPN forward, case 1 (level='P4')" in notes and "channel count" in notes
+    # the course's own errors already say everything: no note
+    with pytest.raises(NotImplementedError) as e:
+        J.run_test(lambda case: (_ for _ in ()).throw(NotImplementedError("x")),
+                 lambda case, got: None, [{}], stage="s")
+    assert not getattr(e.value, "__notes__", None)
