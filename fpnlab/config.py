@@ -13,7 +13,7 @@ course needs a handful of its keys, with the values behind the reference trace::
 Two values differ from maskrcnn-benchmark's ``defaults.py`` because the trace ran with them:
 ``INPUT.MIN_SIZE_TEST`` 480 (defaults.py: 800) and ``DATALOADER.SIZE_DIVISIBILITY`` 32
 (defaults.py: 0; every FPN yaml file sets 32). ``BACKBONE_OUT_CHANNELS`` keeps the default
-256 * 4 = 1024 (the shipped RetinaNet/FCOS yaml files set 256).
+256 * 4 = 1024 (the shipped RetinaNet yaml files set 256).
 """
 from __future__ import annotations
 
@@ -221,8 +221,10 @@ def default_cfg() -> CfgNode:
 def to_shapes_config(cfg: CfgNode, batch: int = 1) -> Config:
     """The shape engine's :class:`fpnlab.shapes.Config` for ``cfg``.
 
-    P6 reads C5 when ``MODEL.RETINANET.USE_C5`` (``in_channels_p6p7 = RES2_OUT_CHANNELS * 8``),
-    else P5 (``in_channels_p6p7 = BACKBONE_OUT_CHANNELS``).
+    ``MODEL.RETINANET.USE_C5`` sets what P6's conv is built for: C5's channels
+    (``in_channels_p6p7 = RES2_OUT_CHANNELS * 8``) or P5's (``BACKBONE_OUT_CHANNELS``). Which
+    tensor it then reads is decided by the channel counts alone (``Config.use_p5``): with
+    ``USE_C5`` and ``BACKBONE_OUT_CHANNELS`` 2048 both are 2048 and P6 reads P5 (same shapes).
     """
     return Config(
         min_size=cfg.INPUT.MIN_SIZE_TEST,

@@ -192,7 +192,7 @@ def stage_shapes(height: int, width: int, config: Config = REFERENCE, *,
         inner[f"eltwise_{k}"] = lateral
         last = lateral
         s[f"P{k + 1}"] = lateral
-    src = s["C5"] if cfg.p6_from == "C5" else s["P5"]
+    src = s["P5"] if cfg.use_p5 else s["C5"]          # the channel counts decide, as in the real code
     h6, w6 = stride2(*_spatial(src), 3, 1)
     s["P6"] = (n, out, h6, w6)
     s["P7"] = (n, out) + stride2(h6, w6, 3, 1)
