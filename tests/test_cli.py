@@ -101,11 +101,12 @@ def test_trace_diff_fails_at_the_first_differing_stage(monkeypatch, capsys):
     from fpnlab.tracing import Trace
 
     good = Trace.from_shapes({**reference().shapes, **reference().internals})
-    bad = Trace.from_shapes({k: (v if k != "C4" else (1, 1024, 30, 35)) for k, v in good.shapes().items()})
+    n, c, h, w = good.shapes()["C4"]
+    bad = Trace.from_shapes({k: (v if k != "C4" else (n, c, h, w - 1)) for k, v in good.shapes().items()})
     monkeypatch.setattr(cli, "run_trace", lambda device: (bad, "cpu"))
     assert cli.main(["trace", "--diff"]) == 1
     err = capsys.readouterr().err
-    assert "C4" in err and "30x36" in err and "30x35" in err
+    assert "C4" in err and f"{h}x{w}" in err and f"{h}x{w - 1}" in err
 
 
 def test_trace_on_cuda_without_a_gpu_is_a_clear_error():
