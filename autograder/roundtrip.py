@@ -7,15 +7,27 @@ the unmodified release earns none, and a partly wrong submission loses exactly i
 """
 from __future__ import annotations
 
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Dict, List, Mapping, Optional
 
 import nbformat
 
 from . import judge as judging
-from .release import ROOT, nbgrader
+from .grade import run_nbgrader
+from .release import ROOT, nbgrader, write_config
+
+
+def default_workers(submissions: int) -> int:
+    """Parallel nbgrader runs for a round trip: one per core (at most 4; every kernel imports
+    torch, about 1 GB), never more than there are submissions. ``FPNLAB_ROUNDTRIP_WORKERS``
+    overrides it."""
+    wanted = os.environ.get("FPNLAB_ROUNDTRIP_WORKERS")
+    n = int(wanted) if wanted else min(os.cpu_count() or 1, 4)
+    return max(1, min(n, submissions))
 
 
 @dataclass
@@ -57,33 +69,65 @@ class Course:
         folder = self.generate(assignment)
         return nbformat.read(str(folder / self.notebook_name(assignment)), as_version=4)
 
-    def autograde(self, assignment: str, submissions: Mapping[str, nbformat.NotebookNode]
-                  ) -> Dict[str, Result]:
-        """Submit each student's notebook, autograde them all, return their results."""
+    def _shard(self, index: int) -> Path:
+        """A copy of this course (lessons, solutions, gradebook) for one parallel nbgrader run:
+        the sqlite gradebook takes one writer at a time, so each run has its own."""
+        if index == 0:
+            return self.path
+        shard = self.path.parent / f"{self.path.name}-shard{index}"
+        if shard.exists():
+            shutil.rmtree(shard)
+        shard.mkdir()
+        for folder in ("solutions", "lessons"):
+            shutil.copytree(self.path / folder, shard / folder, symlinks=True)
+        shutil.copy2(self.path / "gradebook.db", shard / "gradebook.db")
+        write_config(shard)
+        return shard
+
+    def autograde(self, assignment: str, submissions: Mapping[str, nbformat.NotebookNode],
+                  workers: Optional[int] = None) -> Dict[str, Result]:
+        """Submit each student's notebook, autograde them all, return their results.
+
+        The submissions are split over ``workers`` nbgrader runs at once (:func:`default_workers`),
+        each on its own copy of the course, one thread per kernel; the judge then scores each
+        one in its own course's gradebook."""
         self.generate(assignment)
         name = self.notebook_name(assignment)
-        for student, nb in submissions.items():
-            folder = self.path / "submitted" / student / assignment
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-            nbformat.write(nb, str(folder / name))
-        # nbgrader's --student is one id or a glob, not a list: grade every submission of this
-        # assignment in one run (a list "a,b" matches no folder).
-        nbgrader(["autograde", assignment, "--force", "--create", "--student=*"], self.path)
+        students = list(submissions)
+        workers = workers or default_workers(len(students))
+        groups: List[List[str]] = [students[i::workers] for i in range(workers)]
+        courses = [self._shard(i) for i in range(workers)]
+        self._where: Dict[str, Path] = {}
+        for course, group in zip(courses, groups):
+            shutil.rmtree(course / "submitted", ignore_errors=True)
+            for student in group:
+                folder = course / "submitted" / student / assignment
+                folder.mkdir(parents=True)
+                nbformat.write(submissions[student], str(folder / name))
+                self._where[student] = course
+
+        # nbgrader's --student is one id or a glob, not a list: each run grades every
+        # submission of its copy (a list "a,b" matches no folder).
+        def run(course: Path):
+            return run_nbgrader(["autograde", assignment, "--force", "--create", "--student=*"],
+                                course, check=True, one_thread=workers > 1)
+
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, courses))
         if self._judge is None:
             self._judge = judging.Client()
         source = self.path / "solutions" / assignment / name
         self.verdicts: Dict[str, list] = {}
-        for student in submissions:           # what the judge said of each test cell
-            _, self.verdicts[student] = judging.apply(self.path, assignment, student, name, source,
-                                                      self._judge)
-        return {s: self.score(assignment, s) for s in submissions}
+        for student in students:              # what the judge said of each test cell
+            _, self.verdicts[student] = judging.apply(self._where[student], assignment, student,
+                                                      name, source, self._judge)
+        return {s: self.score(assignment, s) for s in students}
 
     def score(self, assignment: str, student: str) -> Result:
         from nbgrader.api import Gradebook
 
-        with Gradebook(f"sqlite:///{self.path / 'gradebook.db'}") as gb:
+        course = getattr(self, "_where", {}).get(student, self.path)
+        with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
             sub = gb.find_submission(assignment, student)
             cells = {}
             for nb in sub.notebooks:
