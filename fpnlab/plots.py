@@ -16,6 +16,10 @@ at :data:`TICK_PT`, grid lines one crisp pixel (two from stride 32). A :class:`P
 keeps its figure and moves its artists when the shapes change (no new figure, no layout pass, the
 photo resampled once per size to the pixels it covers), which is what lets the explorer redraw
 as a slider settles. Used in lessons 01 (``levels=()``), 04 (P3-P5) and 06, and in the explorer.
+
+:func:`diagram` draws the lessons' dataflow pictures (``stem``, ``bottleneck``, ``stage``,
+``top-down``, ``p6p7``, ``backbone``): boxes and arrows labelled in words and with the shapes of
+:func:`fpnlab.shapes.stage_shapes`, one colour per kind of layer (:data:`KINDS`).
 """
 from __future__ import annotations
 
@@ -471,6 +475,524 @@ def draw_activation(activation, background=None, stride: int = 1, image_hw=None,
     return fig
 
 
+# ============================================================================ dataflow diagrams
+#: The drawings :func:`diagram` makes, in the order the lessons meet them.
+DIAGRAMS = ("stem", "bottleneck", "stage", "top-down", "p6p7", "backbone")
+#: Width of every diagram (points; at :data:`DPI` one point is one pixel): a notebook's width.
+DIAGRAM_PT = 720
+#: Text sizes of the diagrams (points): box text and shape labels, titles.
+BOX_PT, DIAGRAM_TITLE_PT = 12, 14
+#: One colour per kind of thing drawn: (fill, edge, legend name).
+KINDS = {
+    "tensor": ("#fff2cc", "#7f6000", "tensor (C x H x W)"),
+    "conv": ("#cfe2f3", "#1f4e79", "convolution"),
+    "norm": ("#fce5cd", "#b45f06", "FrozenBN"),
+    "act": ("#d9ead3", "#38761d", "ReLU"),
+    "pool": ("#d0e0e3", "#134f5c", "max-pool"),
+    "add": ("#f4cccc", "#990000", "addition"),
+    "upsample": ("#d9d2e9", "#351c75", "nearest x2"),
+    "block": ("#ead1dc", "#741b47", "several layers"),
+    "unused": ("#eeeeee", "#9e9e9e", "not used"),
+}
+ARROW_COLOR, NOTE_COLOR, UNUSED_TEXT = "#333333", "#444444", "#8a8a8a"
+STRIDE_COLOR = "#c0392b"
+_LINE_PT = 1.2 * BOX_PT          # one line of box text
+
+
+def _chw(shape: Shape) -> str:
+    """``(1, 512, 60, 72)`` -> ``512 x 60 x 72`` (channels x height x width, batch left off)."""
+    return " x ".join(str(int(d)) for d in shape[-3:])
+
+
+def _hw_text(shape: Shape) -> str:
+    return f"{int(shape[-2])} x {int(shape[-1])}"
+
+
+class _Box:
+    """Where a drawn box (or the add circle) lies, in points from the top left; the middles of
+    its sides are where arrows start and end."""
+
+    def __init__(self, x0: float, y0: float, x1: float, y1: float):
+        self.x0, self.y0, self.x1, self.y1 = x0, y0, x1, y1
+
+    @property
+    def cx(self) -> float:
+        return (self.x0 + self.x1) / 2
+
+    @property
+    def cy(self) -> float:
+        return (self.y0 + self.y1) / 2
+
+    def top(self, dx: float = 0.0):
+        return (self.cx + dx, self.y0)
+
+    def bottom(self, dx: float = 0.0):
+        return (self.cx + dx, self.y1)
+
+    def left(self, dy: float = 0.0):
+        return (self.x0, self.cy + dy)
+
+    def right(self, dy: float = 0.0):
+        return (self.x1, self.cy + dy)
+
+
+class _Sheet:
+    """One diagram: a single axes whose data units are points, y pointing down, so that boxes,
+    arrows and text are placed the way the drawing is read."""
+
+    def __init__(self, fig: Figure, height: float, title: str, subtitle: str = ""):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        self.fig, self.width, self.height = fig, DIAGRAM_PT, height
+        fig.set_dpi(DPI)
+        fig.set_size_inches(DIAGRAM_PT / 72, height / 72)
+        if not isinstance(fig.canvas, FigureCanvasAgg):
+            FigureCanvasAgg(fig)
+        ax = self.ax = fig.add_axes((0, 0, 1, 1))
+        ax.set_xlim(0, DIAGRAM_PT)
+        ax.set_ylim(height, 0)
+        ax.set_axis_off()
+        self.kinds = []
+        ax.text(14, 10, title, fontsize=DIAGRAM_TITLE_PT, fontweight="bold", va="top",
+                ha="left")
+        if subtitle:
+            ax.text(14, 32, subtitle, fontsize=BOX_PT, va="top", ha="left", color=NOTE_COLOR)
+
+    def _use(self, kind: str) -> None:
+        if kind not in self.kinds:
+            self.kinds.append(kind)
+
+    def box(self, cx: float, cy: float, w: float, h: float, text: str, kind: str,
+            dashed: bool = False, bold: bool = False) -> _Box:
+        from matplotlib.patches import FancyBboxPatch
+
+        face, edge, _ = KINDS[kind]
+        self._use(kind)
+        b = _Box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        self.ax.add_patch(FancyBboxPatch((b.x0, b.y0), w, h, boxstyle="round,pad=0,rounding_size=6",
+                                         facecolor=face, edgecolor=edge,
+                                         lw=2.2 if bold else 1.3,
+                                         ls=(0, (4, 3)) if dashed else "-", zorder=2))
+        self.ax.text(cx, cy, text, ha="center", va="center", fontsize=BOX_PT, linespacing=1.2,
+                     color=UNUSED_TEXT if kind == "unused" else "black", zorder=3)
+        return b
+
+    def add(self, cx: float, cy: float, r: float = 13) -> _Box:
+        from matplotlib.patches import Circle
+
+        face, edge, _ = KINDS["add"]
+        self._use("add")
+        self.ax.add_patch(Circle((cx, cy), r, facecolor=face, edgecolor=edge, lw=1.3, zorder=2))
+        self.ax.text(cx, cy, "+", ha="center", va="center_baseline", fontsize=16,
+                     fontweight="bold", zorder=3)
+        return _Box(cx - r, cy - r, cx + r, cy + r)
+
+    def dot(self, x: float, y: float) -> None:
+        from matplotlib.patches import Circle
+
+        self.ax.add_patch(Circle((x, y), 3.2, facecolor=ARROW_COLOR, edgecolor="none", zorder=4))
+
+    def arrow(self, a, b, label: str = "", at: Optional[Tuple[float, float]] = None,
+              ha: str = "left", va: str = "center", dashed: bool = False, head: bool = True,
+              color: str = ARROW_COLOR, connection: str = "arc3", label_color: str = "black",
+              gid: Optional[str] = None):
+        """An arrow from point ``a`` to point ``b`` (tip exactly on ``b``), and its label at
+        ``at`` (default: beside its middle)."""
+        from matplotlib.patches import FancyArrowPatch
+
+        patch = FancyArrowPatch(a, b, arrowstyle="-|>" if head else "-", mutation_scale=15,
+                                shrinkA=0, shrinkB=0, lw=1.4, color=color,
+                                linestyle=(0, (5, 3)) if dashed else "-",
+                                connectionstyle=connection, zorder=1)
+        if gid:
+            patch.set_gid(gid)
+        self.ax.add_patch(patch)
+        if label:
+            x, y = at if at is not None else ((a[0] + b[0]) / 2 + 8, (a[1] + b[1]) / 2)
+            self.ax.text(x, y, label, ha=ha, va=va, fontsize=BOX_PT, color=label_color,
+                         linespacing=1.2, zorder=3)
+        return patch
+
+    def note(self, x: float, y: float, text: str, ha: str = "left", va: str = "center",
+             color: str = NOTE_COLOR, style: str = "normal", weight: str = "normal") -> None:
+        self.ax.text(x, y, text, ha=ha, va=va, fontsize=BOX_PT, color=color, linespacing=1.2,
+                     fontstyle=style, fontweight=weight, zorder=3)
+
+    def legend(self, y: float) -> None:
+        """Swatches of the kinds drawn, left to right from the left margin, at ``y``."""
+        from matplotlib.patches import FancyBboxPatch
+
+        renderer = self.fig.canvas.get_renderer()
+        x = 14.0
+        order = [k for k in KINDS if k in self.kinds]
+        for kind in order:
+            face, edge, name = KINDS[kind]
+            self.ax.add_patch(FancyBboxPatch((x, y - 7), 22, 14,
+                                             boxstyle="round,pad=0,rounding_size=3",
+                                             facecolor=face, edgecolor=edge, lw=1.2))
+            t = self.ax.text(x + 28, y, name, ha="left", va="center", fontsize=BOX_PT,
+                             color=NOTE_COLOR)
+            width = t.get_window_extent(renderer).width * 72 / self.fig.dpi
+            x += 28 + width + 18
+
+
+def _diagram_shapes(name: str, height: int, width: int, config: Config) -> Dict[str, Shape]:
+    """The engine's shapes (with the FPN internals). The stem, bottleneck and stage drawings
+    need no FPN, so a configuration whose top-down addition fails still draws them."""
+    try:
+        return stage_shapes(height, width, config, internals=True)
+    except ShapeError as err:
+        if name in ("stem", "bottleneck", "stage") and all(
+                k in err.shapes for k in ("padded", "stem", "C2", "C3", "C4", "C5")):
+            return dict(err.shapes)
+        raise
+
+
+def _stem(sheet_for, s: Dict[str, Shape], config: Config) -> None:
+    from .shapes import STEM_OUT_CHANNELS, conv_out
+
+    ph, pw = s["padded"][-2:]
+    conv_hw = (conv_out(ph, 7, 2, 3), conv_out(pw, 7, 2, 3))
+    after_conv = (STEM_OUT_CHANNELS,) + conv_hw
+    stride = strides(s)["stem"]
+    h1, h2, gap = 52, 38, 34
+    items = [("tensor", f"padded image\n{_chw(s['padded'])}", h1, "", ""),
+             ("conv", f"conv1: 7x7 conv, stride 2\n{s['padded'][-3]} -> {STEM_OUT_CHANNELS} "
+                      "channels", h1, f"padding 3, no bias:\n{_hw_text(s['padded'])} -> "
+                                      f"{_hw_text(after_conv)}", _chw(after_conv)),
+             ("norm", "FrozenBN", h2, "a fixed scale and shift\nper channel (no eps)",
+              _chw(after_conv)),
+             ("act", "ReLU", h2, "", _chw(after_conv)),
+             ("pool", "max-pool 3x3, stride 2", h2,
+              f"padding 1, sizes rounded down:\n{_hw_text(after_conv)} -> {_hw_text(s['stem'])}",
+              ""),
+             ("tensor", f"stem output (C1), stride {stride}\n{_chw(s['stem'])}", h1, "", "")]
+    height = 60 + sum(i[2] for i in items) + gap * (len(items) - 1) + 56
+    sh = sheet_for(height, "The stem: image to C1, a quarter of the padded size each side",
+                   "conv1 and the max-pool halve each side; FrozenBN and ReLU keep the shape.")
+    cx, w, y = 230, 230, 62
+    prev = None
+    for kind, text, h, note, label_after in items:
+        b = sh.box(cx, y + h / 2, w, h, text, kind, bold=kind == "tensor")
+        if prev is not None:
+            sh.arrow(prev[0].bottom(), b.top(), prev[1])
+        if note:
+            sh.note(b.x1 + 22, b.cy, note)
+        prev = (b, label_after)
+        y += h + gap
+    sh.legend(height - 24)
+
+
+def _bottleneck(sheet_for, s: Dict[str, Shape], config: Config) -> None:
+    from .shapes import RESNET50_WIDTHS
+
+    st = strides(s)
+    cin, cout = s["C2"][-3], s["C3"][-3]
+    width = RESNET50_WIDTHS[1]
+    stride = st["C3"] // st["C2"]
+    mid_in = (width,) + tuple(s["C2"][-2:])       # the stride in the 3x3: full size after conv1
+    mid_out = (width,) + tuple(s["C3"][-2:])
+    one, two, gap, gap2, small = 24 + 12, 2 * _LINE_PT + 12, 28, 46, 18
+    # (kind, text, height, gap before, label on the arrow in)
+    chain = [("tensor", f"input x = C2\n{_chw(s['C2'])}", two, 0, ""),
+             ("conv", f"conv1: 1x1 conv\n{cin} -> {width}", two, gap, ""),
+             ("norm", "FrozenBN", one, small, ""),
+             ("act", "ReLU", one, small, ""),
+             ("conv", f"conv2: 3x3 conv\n{width} -> {width}", two, gap2,
+              f"A: {_chw(mid_out)}\nB: {_chw(mid_in)}"),
+             ("norm", "FrozenBN", one, small, ""),
+             ("act", "ReLU", one, small, ""),
+             ("conv", f"conv3: 1x1 conv\n{width} -> {cout}", two, gap, _chw(mid_out)),
+             ("norm", "FrozenBN (no ReLU)", one, small, ""),
+             ("add", "+", 26, gap, _chw(s["C3"])),
+             ("act", "ReLU", one, small, ""),
+             ("tensor", f"output = C3\n{_chw(s['C3'])}", two, gap, "")]
+    height = 74 + sum(c[2] + c[3] for c in chain) + 56
+    sh = sheet_for(height, f"A bottleneck: layer2, block 0 ({cin} -> {width} -> {width} -> "
+                           f"{cout} channels)",
+                   "1x1 reduces, 3x3 works at the reduced width, 1x1 expands 4x; "
+                   "the shortcut is added, then one ReLU.")
+    cx, w = 300, 200
+    y = 70
+    boxes = []
+    for kind, text, h, before, label in chain:
+        y += before
+        if kind == "add":
+            b = sh.add(cx, y + h / 2, h / 2)
+        else:
+            b = sh.box(cx, y + h / 2, w, h, text, kind, bold=kind == "tensor")
+        if boxes:
+            sh.arrow(boxes[-1].bottom(), b.top(), label)
+        boxes.append(b)
+        y += h
+    x_in, conv1, conv2, plus = boxes[0], boxes[1], boxes[4], boxes[9]
+    # where the stride goes: two labelled alternatives
+    for b, tag in ((conv1, f"A: stride_in_1x1 True\n(the default, MSRA):\nstride {stride} here"),
+                   (conv2, f"B: stride_in_1x1 False\n(torchvision's v1.5):\nstride {stride} here")):
+        sh.arrow((b.x0 - 34, b.cy), b.left(), color=STRIDE_COLOR)
+        sh.note(b.x0 - 40, b.cy, tag, ha="right", color=STRIDE_COLOR)
+    # the shortcut: block 0's downsample (solid), the identity of the other blocks (dashed)
+    sx, sw = 560, 190
+    ds_h = 2 * _LINE_PT + 12
+    ds = sh.box(sx, conv2.cy - 24, sw, ds_h, f"downsample: 1x1 conv\n{cin} -> {cout}, "
+                                             f"stride {stride}", "conv")
+    ds_bn = sh.box(sx, ds.y1 + 22 + 19, sw, 38, "FrozenBN", "norm")
+    sh.arrow(x_in.right(), ds.top(), connection="angle,angleA=0,angleB=90")
+    sh.note(sx + 8, (x_in.cy + ds.y0) / 2 + 8, "block 0 only", ha="left")
+    sh.arrow(ds.bottom(), ds_bn.top())
+    sh.arrow(ds_bn.bottom(), plus.right(), _chw(s["C3"]), at=(sx + 8, (ds_bn.y1 + plus.cy) / 2),
+             connection="angle,angleA=-90,angleB=180")
+    ix = sx + sw / 2 + 24
+    sh.arrow((sx, x_in.cy), (ix, x_in.cy), head=False, dashed=True)
+    sh.arrow((ix, x_in.cy), (ix, plus.cy), head=False, dashed=True)
+    sh.arrow((ix, plus.cy), (sx, plus.cy), head=False, dashed=True)
+    sh.note(sx, plus.cy + 30, "blocks 1 and later:\nidentity shortcut (dashed),\n"
+                              f"no stride, {cout} -> {cout}", ha="center", va="top")
+    sh.legend(height - 24)
+
+
+def _stage(sheet_for, s: Dict[str, Shape], config: Config) -> None:
+    from .shapes import RESNET50_BLOCKS, RESNET50_WIDTHS
+
+    st = strides(s)
+    pitch, h, top = 104, 3 * _LINE_PT + 12, 64
+    height = top + 4 * pitch + 30 + 44
+    sh = sheet_for(height, "ResNet-50's four stages: block 0 changes the size, the rest keep it",
+                   "Each block is a bottleneck; block 0 has the downsample shortcut and the "
+                   "stage's stride.")
+    tw, b0w, bw, gap = 124, 104, 40, 18
+    for i, (blocks, width) in enumerate(zip(RESNET50_BLOCKS, RESNET50_WIDTHS)):
+        src, dst = ("stem", "C2", "C3", "C4")[i], f"C{i + 2}"
+        stride = st[dst] // st[src]
+        cin, cout = s[src][-3], s[dst][-3]
+        y_title = top + i * pitch + 10
+        sh.note(14, y_title, f"layer{i + 1}: {blocks} blocks, {cin} -> {width} -> {width} -> "
+                             f"{cout} channels, stride {stride}", color="black", weight="bold")
+        cy = y_title + 14 + h / 2
+        name = "stem output" if src == "stem" else src
+        prev = sh.box(14 + tw / 2, cy, tw, h, f"{name}\nstride {st[src]}\n{_chw(s[src])}",
+                      "tensor", bold=True)
+        x = prev.x1 + gap
+        b = sh.box(x + b0w / 2, cy, b0w, h, f"block 0\ndownsample\nstride {stride}", "block",
+                   bold=True)
+        sh.arrow(prev.right(), b.left())
+        prev, x = b, b.x1 + gap
+        for j in range(1, blocks):
+            b = sh.box(x + bw / 2, cy, bw, h, str(j), "block")
+            sh.arrow(prev.right(), b.left())
+            prev, x = b, b.x1 + gap
+        out = sh.box(DIAGRAM_PT - 14 - tw / 2, cy, tw, h,
+                     f"{dst}\nstride {st[dst]}\n{_chw(s[dst])}", "tensor", bold=True)
+        sh.arrow(prev.right(), out.left())
+    sh.note(14, top + 4 * pitch + 10, "Blocks 1 and later: the same bottleneck with an identity "
+            "shortcut and no stride.", va="center")
+    sh.legend(height - 24)
+
+
+def _top_down(sheet_for, s: Dict[str, Shape], config: Config) -> None:
+    st = strides(s)
+    out = config.out_channels
+    rows = {5: 128, 4: 262, 3: 396, 2: 486}
+    h = 2 * _LINE_PT + 12
+    lat_h = 3 * _LINE_PT + 12
+    height = rows[2] + h / 2 + 20 + 2 * _LINE_PT + 16 + 50
+    sh = sheet_for(height, "The FPN: lateral 1x1 convolutions and the top-down pathway",
+                   f"C3, C4 and C5 are brought to {out} channels, merged from the top down, "
+                   "and smoothed by a 3x3 each.")
+    xc, xl, xm, x3, xp = 68, 188, 382, 488, 636
+    for x, text in ((xc, "ResNet body"), (xl, "lateral 1x1"), (xm, "top-down"),
+                    (x3, "output 3x3"), (xp, "returned")):
+        sh.note(x, 68, text, ha="center", color=NOTE_COLOR, style="italic")
+    merged = {}
+    for k in (5, 4, 3):
+        y = rows[k]
+        c = sh.box(xc, y, 116, h, f"C{k}, stride {st[f'C{k}']}\n{_chw(s[f'C{k}'])}", "tensor",
+                   bold=True)
+        lat = sh.box(xl, y, 100, lat_h, f"fpn_inner{k - 1}\n1x1 conv\n{s[f'C{k}'][-3]} -> {out}",
+                     "conv")
+        sh.arrow(c.right(), lat.left())
+        lateral = s["fpn_inner4"] if k == 5 else s[f"fpn_inner{k - 1}_lateral"]
+        smooth = sh.box(x3, y, 100, lat_h, f"fpn_layer{k - 1}\n3x3 conv\n{out} -> {out}", "conv")
+        p = sh.box(xp, y, 136, h, f"P{k}, stride {st[f'P{k}']}\n{_chw(s[f'P{k}'])}", "tensor",
+                   bold=True)
+        sh.arrow(smooth.right(), p.left())
+        label_at = ((lat.x1 + xm - 13) / 2, y + 14)
+        if k == 5:                       # nothing to add at the top: the lateral is the merge
+            sh.arrow(lat.right(), smooth.left(), _chw(lateral), at=label_at, ha="center")
+            sh.dot(xm, y)
+            merged[k] = _Box(xm - 3, y - 3, xm + 3, y + 3)
+        else:
+            plus = sh.add(xm, y)
+            sh.arrow(lat.right(), plus.left(), _chw(lateral), at=label_at, ha="center")
+            sh.arrow(plus.right(), smooth.left())
+            up_y = (rows[k + 1] + y) / 2 - 8
+            up = sh.box(xm, up_y, 104, 30, "nearest x2", "upsample")
+            sh.arrow(merged[k + 1].bottom(), up.top())
+            sh.arrow(up.bottom(), plus.top(), _chw(s[f"fpn_inner{k - 1}_upsample"]),
+                     at=(xm - 8, (up.y1 + plus.y0) / 2), ha="right")
+            merged[k] = plus
+    y = rows[2]
+    c2 = sh.box(xc, y, 116, h, f"C2, stride {st['C2']}\n{_chw(s['C2'])}", "unused", dashed=True)
+    none = sh.box(xl, y, 100, h, "no lateral:\nin_channels 0", "unused", dashed=True)
+    sh.arrow(c2.right(), none.left(), dashed=True, color=KINDS["unused"][1])
+    sh.note(none.x1 + 14, y, "C2 is left out: a P3-P7 pyramid has no P2", color=UNUSED_TEXT)
+    sh.note(14, y + h / 2 + 18, "What is upsampled is the merged map before the 3x3 (last_inner),"
+            " not the P output.\nThe FPN convolutions have a bias and no norm or ReLU.", va="top")
+    sh.legend(height - 24)
+
+
+def _p6p7(sheet_for, s: Dict[str, Shape], config: Config) -> None:
+    st = strides(s)
+    out = config.out_channels
+    use_p5 = config.use_p5
+    cin = out if use_p5 else config.p6_in_channels
+    h = 2 * _LINE_PT + 12
+    r1, r2, r3, r4 = 112, 196, 280, 364
+    height = r4 + h / 2 + 24 + 2 * _LINE_PT + 16 + 50
+    sh = sheet_for(height, "P6 and P7: two 3x3 stride-2 convolutions above the FPN",
+                   f"p6 reads {'P5' if use_p5 else 'C5'}; p7 reads P6 after a ReLU. "
+                   "Both have a bias.")
+    c5 = sh.box(80, r1, 132, h, f"C5, stride {st['C5']}\n{_chw(s['C5'])}", "tensor", bold=True)
+    p5 = sh.box(80, r2 + 12, 132, h, f"P5, stride {st['P5']}\n{_chw(s['P5'])}", "tensor",
+                bold=True)
+    p6c = sh.box(300, r1, 176, h, f"p6: 3x3 conv, stride 2\n{cin} -> {out}", "conv")
+    p6 = sh.box(500, r1, 132, h, f"P6, stride {st['P6']}\n{_chw(s['P6'])}", "tensor", bold=True)
+    relu = sh.box(500, r2 + 12, 80, 36, "ReLU", "act")
+    p7c = sh.box(500, r3, 176, h, f"p7: 3x3 conv, stride 2\n{out} -> {out}", "conv")
+    p7 = sh.box(500, r4, 132, h, f"P7, stride {st['P7']}\n{_chw(s['P7'])}", "tensor", bold=True)
+    sh.arrow(c5.right(), p6c.left(), dashed=use_p5, gid="p6-from-C5",
+             color=KINDS["unused"][1] if use_p5 else ARROW_COLOR)
+    bend = (p6c.x0 + 40, p6c.y1)
+    sh.arrow(p5.right(), bend, "use_P5 rule", at=((p5.x1 + bend[0]) / 2, p5.cy + 14),
+             ha="center", dashed=not use_p5, gid="p6-from-P5",
+             color=ARROW_COLOR if use_p5 else KINDS["unused"][1],
+             connection="angle,angleA=0,angleB=90")
+    sh.arrow(p6c.right(), p6.left())
+    sh.arrow(p6.bottom(), relu.top())
+    sh.arrow(relu.bottom(), p7c.top(), _chw(s["P6"]), at=(relu.cx + 8, (relu.y1 + p7c.y0) / 2))
+    sh.arrow(p7c.bottom(), p7.top())
+    sh.arrow(p6.right(), (p6.x1 + 26, p6.cy))
+    sh.note(p6.x1 + 30, p6.cy, "returned\nbefore the ReLU")
+    sh.arrow(p7.right(), (p7.x1 + 26, p7.cy))
+    sh.note(p7.x1 + 30, p7.cy, "returned")
+    if use_p5:
+        rule = (f"use_P5 rule: p6's input and output channels are equal ({out}), so p6 reads P5"
+                + (" even though C5 was asked for." if config.p6_from == "C5" else "."))
+    else:
+        rule = (f"use_P5 rule: p6 reads P5 only when its input and output channels are equal; "
+                f"\nhere {config.p6_in_channels} and {out}, so it reads C5 (dashed: the other "
+                "choice).")
+    sh.note(14, r4 + h / 2 + 24, rule, va="top")
+    sh.legend(height - 24)
+
+
+def _backbone(sheet_for, s: Dict[str, Shape], config: Config) -> None:
+    from .shapes import RESNET50_BLOCKS
+
+    st = strides(s)
+    h, pitch, r0 = 2 * _LINE_PT + 12, 62, 116
+    row = {name: r0 + i * pitch for i, name in
+           enumerate(("P7", "P6", "5", "4", "3", "2", "stem", "image"))}
+    height = row["image"] + h / 2 + 24 + _LINE_PT + 50
+    sh = sheet_for(height, "The whole backbone: body, FPN and top blocks",
+                   "The image goes up the body; the FPN and the top blocks return P3 to P7, "
+                   f"{config.out_channels} channels each.")
+    xb, xc, xf, xp = 82, 262, 432, 616
+    for x, text in ((xb, "body (ResNet-50)"), (xc, "body outputs"), (xf, "FPN, top_blocks"),
+                    (xp, "returned")):
+        sh.note(x, 72, text, ha="center", style="italic")
+    img = sh.box(xb, row["image"], 136, h, f"padded image\n{_chw(s['padded'])}", "tensor",
+                 bold=True)
+    stem = sh.box(xb, row["stem"], 136, h, "stem\nconv, BN, ReLU, pool", "block")
+    sh.arrow(img.top(), stem.bottom())
+    stem_t = sh.box(xc, row["stem"], 150, h, f"stem, stride {st['stem']}\n{_chw(s['stem'])}",
+                    "tensor", bold=True)
+    sh.arrow(stem.right(), stem_t.left())
+    prev, cs = stem, {}
+    for i, blocks in enumerate(RESNET50_BLOCKS):
+        k = i + 2
+        y = row[str(k)]
+        layer = sh.box(xb, y, 136, h, f"layer{i + 1}\n{blocks} bottlenecks", "block")
+        sh.arrow(prev.top(), layer.bottom())
+        cs[k] = sh.box(xc, y, 150, h, f"C{k}, stride {st[f'C{k}']}\n{_chw(s[f'C{k}'])}", "tensor",
+                       bold=True)
+        sh.arrow(layer.right(), cs[k].left())
+        prev = layer
+    fpn_top, fpn_bot = row["5"] - h / 2, row["3"] + h / 2
+    fpn = sh.box(xf, (fpn_top + fpn_bot) / 2, 124, fpn_bot - fpn_top,
+                 "FPN\nlateral 1x1,\ntop-down:\nnearest x2, +,\n3x3 out", "block")
+    for k in (5, 4, 3):
+        y = row[str(k)]
+        sh.arrow(cs[k].right(), (fpn.x0, y))
+        p = sh.box(xp, y, 168, h, f"P{k}, stride {st[f'P{k}']}\n{_chw(s[f'P{k}'])}", "tensor",
+                   bold=True)
+        sh.arrow((fpn.x1, y), p.left())
+    sh.note(cs[2].x1 + 14, row["2"], "C2: not used", color=UNUSED_TEXT)
+    tb_top, tb_bot = row["P7"] - h / 2, row["P6"] + h / 2
+    tb = sh.box(xf, (tb_top + tb_bot) / 2, 124, tb_bot - tb_top,
+                "top_blocks\np6, ReLU, p7", "block")
+    if config.use_p5:
+        sh.arrow(fpn.top(), tb.bottom(), "P5", at=(fpn.cx + 8, (fpn.y0 + tb.y1) / 2))
+    else:
+        sh.arrow(cs[5].top(), tb.left(), "C5", at=(cs[5].cx + 8, tb.cy + 8),
+                 connection="angle,angleA=90,angleB=0")
+    for lv in ("P6", "P7"):
+        y = row[lv]
+        p = sh.box(xp, y, 168, h, f"{lv}, stride {st[lv]}\n{_chw(s[lv])}", "tensor", bold=True)
+        sh.arrow((tb.x1, y), p.left())
+    sh.note(14, row["image"] + h / 2 + 22, "Returned in the order P3, P4, P5, P6, P7: strides "
+            + ", ".join(str(st[lv]) for lv in LEVELS) + ".", va="center")
+    sh.legend(height - 24)
+
+
+_DRAW = {"stem": _stem, "bottleneck": _bottleneck, "stage": _stage, "top-down": _top_down,
+         "p6p7": _p6p7, "backbone": _backbone}
+
+
+class DiagramFigure(Figure):
+    """A figure that shows itself as one PNG in a notebook, whether or not pyplot's inline
+    support is loaded (a plain :class:`Figure` then shows only its text)."""
+
+    def _repr_png_(self) -> bytes:
+        return figure_png(self, dpi=DPI)
+
+
+def diagram(name: str, height: Optional[int] = None, width: Optional[int] = None,
+            config: Config = REFERENCE, *, fig: Optional[Figure] = None) -> Figure:
+    """A dataflow drawing for the lessons: boxes for the layers, arrows labelled with the
+    shapes :func:`fpnlab.shapes.stage_shapes` gives for a ``height x width`` image (default:
+    the trace's photo) under ``config``. ``name`` is one of :data:`DIAGRAMS`:
+
+    ``"stem"`` conv1, FrozenBN, ReLU, max-pool; ``"bottleneck"`` layer2's block 0 with both
+    places the stride can go and both shortcuts; ``"stage"`` layer1..layer4 as blocks;
+    ``"top-down"`` the FPN's laterals, upsampling and 3x3 outputs; ``"p6p7"`` the top blocks and
+    the use_P5 rule; ``"backbone"`` the whole model with its strides.
+
+    ``fig`` is cleared, resized and drawn into when given; otherwise a new figure (no pyplot
+    state) that a notebook shows once when it is a cell's value.
+    """
+    if name not in _DRAW:
+        raise ValueError(f"diagram: unknown name {name!r}; choose one of "
+                         + ", ".join(repr(n) for n in DIAGRAMS))
+    if height is None or width is None:
+        from .reference import reference_image_size
+
+        h, w = reference_image_size()
+        height = h if height is None else height
+        width = w if width is None else width
+    shapes = _diagram_shapes(name, height, width, config)
+    if fig is None:
+        fig = DiagramFigure(dpi=DPI)
+    else:
+        fig.clear()
+
+    def sheet_for(h: float, title: str, subtitle: str = "") -> _Sheet:
+        return _Sheet(fig, h, title, subtitle)
+
+    _DRAW[name](sheet_for, shapes, config)
+    return fig
+
+
 def readme_figure(path: str) -> str:
     """Write the README's pyramid picture (the trace's sample image, reference configuration):
     the explorer's drawing, at the same size."""
@@ -498,7 +1020,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 __all__ = ["draw_pyramid", "draw_shape_error", "draw_activation", "figure_png", "canvas_png",
            "pyramid_png", "pyramid_image", "readme_figure", "main", "PyramidDrawing",
-           "ShapeErrorDrawing", "columns", "DPI", "TITLE_PT", "TICK_PT"]
+           "ShapeErrorDrawing", "columns", "DPI", "TITLE_PT", "TICK_PT", "diagram", "DIAGRAMS",
+           "DiagramFigure", "KINDS"]
 
 if __name__ == "__main__":
     sys.exit(main())

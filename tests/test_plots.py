@@ -224,3 +224,160 @@ def test_pyramid_image_is_a_static_png_output():
     shown = plots.pyramid_image(*PHOTO, levels=("P3", "P4", "P5"))
     assert shown.data == plots.pyramid_png(*PHOTO, levels=("P3", "P4", "P5"))
     assert shown.format == "png" and shown.data.startswith(PNG)
+
+
+# ----------------------------------------------------------------------------- dataflow diagrams
+def texts(fig):
+    """Every visible, non-empty text on a figure, as drawn."""
+    from matplotlib.text import Text
+
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+def words(fig) -> str:
+    return "\n".join(t.get_text() for t in texts(fig))
+
+
+def chw(shape) -> str:
+    c, h, w = shape[-3:]
+    return f"{c} x {h} x {w}"
+
+
+#: the engine's stages each drawing must label
+DIAGRAM_STAGES = {
+    "stem": ("padded", "stem"),
+    "bottleneck": ("C2", "C3"),
+    "stage": ("stem", "C2", "C3", "C4", "C5"),
+    "top-down": ("C2", "C3", "C4", "C5", "P3", "P4", "P5", "fpn_inner4",
+                 "fpn_inner3_upsample", "fpn_inner2_upsample"),
+    "p6p7": ("C5", "P5", "P6", "P7"),
+    "backbone": ("padded", "stem", "C2", "C3", "C4", "C5") + LEVELS,
+}
+DIAGRAM_CASES = {"trace": (PHOTO, REFERENCE),
+                 "600x1500, 256 channels": ((600, 1500), REFERENCE.with_(out_channels=256))}
+
+
+@pytest.mark.parametrize("name", plots.DIAGRAMS)
+def test_each_diagram_draws_a_figure_of_notebook_width(name):
+    import matplotlib._pylab_helpers as pylab
+
+    managers = pylab.Gcf.get_num_fig_managers()
+    fig = plots.diagram(name)
+    assert isinstance(fig, plots.Figure)
+    assert pylab.Gcf.get_num_fig_managers() == managers      # no pyplot state: shown once
+    assert 9 <= fig.get_size_inches()[0] <= 10
+    png = plots.figure_png(fig, dpi=plots.DPI)
+    assert png.startswith(PNG) and 600 <= pixels(png).shape[1] <= 1000
+    assert all(t.get_fontsize() >= 12 for t in texts(fig))
+    # the same drawing for the default size and for the trace's photo given explicitly
+    assert words(fig) == words(plots.diagram(name, *PHOTO))
+
+
+@pytest.mark.parametrize("case", list(DIAGRAM_CASES))
+@pytest.mark.parametrize("name", plots.DIAGRAMS)
+def test_diagram_labels_are_the_engine_shapes(name, case):
+    hw, cfg = DIAGRAM_CASES[case]
+    shapes = stage_shapes(*hw, cfg, internals=True)
+    text = words(plots.diagram(name, *hw, cfg))
+    for stage in DIAGRAM_STAGES[name]:
+        assert chw(shapes[stage]) in text, (name, stage, chw(shapes[stage]))
+    st = strides(shapes)
+    if name == "backbone":
+        for stage in ("stem", "C2", "C3", "C4", "C5") + LEVELS:
+            assert f"{stage}, stride {st[stage]}" in text
+    if name == "bottleneck":        # the two places the stride can go change conv1's output
+        from fpnlab.shapes import RESNET50_WIDTHS
+
+        width = RESNET50_WIDTHS[1]
+        assert f"A: {chw((width,) + shapes['C3'][-2:])}" in text
+        assert f"B: {chw((width,) + shapes['C2'][-2:])}" in text
+        assert "stride_in_1x1 True" in text and "stride_in_1x1 False" in text
+    if name in ("top-down", "p6p7"):
+        assert f"-> {cfg.out_channels}" in text
+
+
+CODE_LIKE = [r"\([^)]*=", r"\bnn\.", r"\bF\.", r"\btorch\.", r"==", r"interpolate", r"Sequential"]
+
+
+@pytest.mark.parametrize("name", plots.DIAGRAMS)
+def test_diagrams_use_words_not_code(name):
+    import re
+
+    for t in texts(plots.diagram(name)):
+        for pattern in CODE_LIKE:
+            assert not re.search(pattern, t.get_text()), (name, pattern, t.get_text())
+
+
+@pytest.mark.parametrize("name", plots.DIAGRAMS)
+def test_diagram_text_never_overlaps_and_stays_in_its_box(name):
+    """No two texts overlap, every text lies on the figure, and a text drawn on a box fits
+    inside it (for the trace's photo and for a large square one)."""
+    import itertools
+
+    from matplotlib.patches import Circle, FancyBboxPatch
+
+    for hw in (PHOTO, (1333, 1333)):
+        fig = plots.diagram(name, *hw)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        drawn = [(t.get_text(), t.get_window_extent(renderer)) for t in texts(fig)]
+        for (a, ea), (b, eb) in itertools.combinations(drawn, 2):
+            assert not ea.overlaps(eb), (name, hw, a, b)
+        for text, e in drawn:
+            assert 0 <= e.x0 and e.x1 <= fig.bbox.width and 0 <= e.y0 and e.y1 <= fig.bbox.height
+        boxes = [p.get_window_extent(renderer) for p in fig.axes[0].patches
+                 if isinstance(p, (FancyBboxPatch, Circle))]
+        for text, e in drawn:
+            for b in boxes:
+                if b.contains((e.x0 + e.x1) / 2, (e.y0 + e.y1) / 2) and text != "+":
+                    assert (b.x0 + 2 <= e.x0 and e.x1 <= b.x1 - 2
+                            and b.y0 + 1 <= e.y0 and e.y1 <= b.y1 - 1), (name, hw, text)
+
+
+def test_p6_reads_what_the_use_p5_rule_says():
+    from matplotlib.patches import FancyArrowPatch
+
+    def arrows(cfg):
+        fig = plots.diagram("p6p7", config=cfg)
+        styles = {p.get_gid(): p.get_linestyle() in ("-", "solid")
+                  for p in fig.axes[0].patches if isinstance(p, FancyArrowPatch) and p.get_gid()}
+        return styles, words(fig)
+
+    solid, text = arrows(REFERENCE)                                # 2048 -> 1024: C5
+    assert solid == {"p6-from-C5": True, "p6-from-P5": False}
+    assert "use_P5 rule" in text
+    assert f"{REFERENCE.p6_in_channels} -> {REFERENCE.out_channels}" in text
+    for cfg in (REFERENCE.with_(p6_from="P5"), REFERENCE.with_(out_channels=2048)):
+        solid, text = arrows(cfg)                                  # equal channels: P5
+        assert solid == {"p6-from-C5": False, "p6-from-P5": True}, cfg
+        assert f"{cfg.out_channels} -> {cfg.out_channels}" in text
+
+
+def test_unknown_diagram_names_the_choices():
+    with pytest.raises(ValueError) as info:
+        plots.diagram("fpn")
+    assert "'fpn'" in str(info.value)
+    assert all(repr(name) in str(info.value) for name in plots.DIAGRAMS)
+
+
+def test_diagram_shows_once_in_a_notebook_and_redraws_a_given_figure():
+    from IPython.core.formatters import DisplayFormatter
+
+    fig = plots.diagram("stem")
+    data, _ = DisplayFormatter().format(fig)
+    assert data["image/png"].startswith(PNG)                    # one image, without pyplot
+    kept = plots.Figure()
+    assert plots.diagram("p6p7", fig=kept) is kept
+    assert plots.diagram("stem", fig=kept) is kept and len(kept.axes) == 1
+    assert words(kept) == words(fig)
+
+
+def test_body_diagrams_draw_without_padding_the_fpn_ones_say_why_not():
+    cfg = REFERENCE.with_(size_divisible=0)
+    with pytest.raises(ShapeError) as info:
+        stage_shapes(*PHOTO, cfg)
+    assert chw(info.value.shapes["C3"]) in words(plots.diagram("stage", config=cfg))
+    assert chw(info.value.shapes["stem"]) in words(plots.diagram("stem", config=cfg))
+    for name in ("top-down", "backbone", "p6p7"):
+        with pytest.raises(ShapeError, match="top-down addition is impossible"):
+            plots.diagram(name, config=cfg)
