@@ -61,6 +61,8 @@ BUILDS = {
     "05-p6p7": "LastLevelP6P7: the P6 and P7 levels above the pyramid",
     "06-backbone": "build_resnet_fpn_p3p7_backbone(cfg), run on the sample photo and traced",
     "07-deployment": "nearest x2 as a deconvolution, Eltwise, Caffe pooling and an ONNX export",
+    "08-levels": "what each level sees and costs: receptive fields, multiply-adds, memory, anchors",
+    "09-detector": "your backbone with COCO weights detects objects; the GPU lab",
 }
 
 
