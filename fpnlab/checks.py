@@ -138,9 +138,9 @@ def _side_cause(stage: str, e: int, a: int, padded: Optional[bool] = None
     be ``e``; the first is None when no known pattern fits."""
     if abs(e - a) == 1:
         if stage == "resized":
-            return "off by one", (": the long side is truncated, not rounded to the nearest "
-                                  "pixel." if a < e else ": the long side is rounded up, not to "
-                                  "the nearest pixel.")
+            return "off by one", (": the long side is truncated (int()), not rounded."
+                                  if a > e else ": the short side set by max_size is rounded "
+                                  "to the nearest pixel; only the long side is truncated.")
         if stage == "padded":
             return "off by one", (": the padded side must reach the next multiple of "
                                   "size_divisible (round up, not down)." if a < e else
@@ -373,6 +373,10 @@ _ERROR_CAUSES = (
      r"meta tensors? (?:is|are) not|Tensor on device meta",
      "tensors on different devices met: modules follow their input, so create new tensors "
      "on the input's device (x.device)."),
+    (r"Cannot copy out of meta tensor|meta tensor; no data|Tensor.item\(\) cannot be called on "
+     r"meta tensors",
+     "a tensor on the meta device (shapes only, no data) met one with data: everything made "
+     "from the input must stay on its device (create new tensors on x.device)."),
     (r"modified by an inplace operation",
      "an in-place operation changed a tensor that is still needed: use the out-of-place form."),
     (r"Calculated padded input size per channel|Kernel size can't be greater than actual input",

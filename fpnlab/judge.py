@@ -184,8 +184,8 @@ def _add_note(exc: BaseException, case: Case, stage: Optional[str]) -> None:
     likely cause (none for the course's own errors, which already say all of it)."""
     from .checks import CheckError, explain_error
 
-    if isinstance(exc, (CheckError, HandOverError, NotImplementedError)) or not hasattr(
-            exc, "add_note"):
+    if isinstance(exc, (CheckError, HandOverError, NotAnswered)) or unanswered(exc) is not None \
+            or not hasattr(exc, "add_note"):
         return
     where = f"{stage}, {case.label()}" if stage else case.label()
     cause = explain_error(exc)

@@ -34,14 +34,15 @@ def test_one_pixel_off_points_at_padding():
 
 def test_resize_off_by_one_names_the_rounding_direction():
     c, h, w = REF["resized"]
-    assert "truncated" in checks.diagnose("resized", REF["resized"], (c, h, w - 1))
-    assert "rounded up" in checks.diagnose("resized", REF["resized"], (c, h, w + 1))
+    assert "truncated (int()), not rounded" in checks.diagnose("resized", REF["resized"],
+                                                               (c, h, w + 1))
+    assert "max_size is rounded" in checks.diagnose("resized", REF["resized"], (c, h, w - 1))
 
 
 def test_a_hidden_tests_label_keeps_its_stages_cause():
     c, h, w = REF["resized"]
     label = f"resized (image {h - 5}x{w + 3}, max_size {w})"
-    e = fails(checks.check_size, (h, w - 1), label, (h, w))
+    e = fails(checks.check_size, (h, w + 1), label, (h, w))
     assert e.stage == label and "truncated" in str(e) and "multiple of 32" not in str(e)
     # the stage given apart from the label wins
     e = fails(checks.check_shape, torch.zeros(REF["C3"][:-1] + (REF["C3"][-1] - 1,)),
@@ -97,6 +98,10 @@ def test_a_forward_error_is_explained():
         torch.zeros(REF["C3"]) + torch.zeros(REF["C4"])
     except RuntimeError as e:
         assert "same shape" in checks.explain_error(e)
+    try:
+        torch.zeros(2, device="meta").cpu()
+    except NotImplementedError as e:
+        assert "meta device" in checks.explain_error(e)
     assert checks.explain_error(RuntimeError("something new")) is None
 
 

@@ -227,8 +227,13 @@ def test_a_learners_exception_gains_the_stage_the_case_and_a_cause_in_their_kern
         J.run_test(outputs, lambda case, got: None, [dict(level="P4")], stage="the FPN forward")
     notes = " ".join(getattr(e.value, "__notes__", []))
     assert "the FPN forward, case 1 (level='P4')" in notes and "channel count" in notes
-    # the course's own errors already say everything: no note
+    # torch's own NotImplementedError (meta tensors have no data) is explained too
     with pytest.raises(NotImplementedError) as e:
-        J.run_test(lambda case: (_ for _ in ()).throw(NotImplementedError("x")),
-                 lambda case, got: None, [{}], stage="s")
+        J.run_test(lambda case: torch.zeros(2, device="meta").cpu(), lambda case, got: None,
+                   [{}], stage="the padding")
+    assert "meta device" in " ".join(e.value.__notes__)
+    # the course's own errors already say everything: no note
+    with pytest.raises(CheckError) as e:
+        J.run_test(lambda case: check_own_modules(None, "s"), lambda case, got: None, [{}],
+                   stage="s")
     assert not getattr(e.value, "__notes__", None)

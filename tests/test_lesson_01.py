@@ -45,6 +45,55 @@ def to_image_list(tensors, size_divisible=32):
     return ImageList(batch, [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors])
 '''
 
+PAD_TOO_FAR = '''
+def predict_shapes(height, width, min_size=480, max_size=1333, size_divisible=32):
+    h, w = resized_size(height, width, min_size, max_size)
+    ph, pw = h, w
+    if size_divisible > 0:
+        ph = (h // size_divisible + 1) * size_divisible     # one multiple too far when h is one
+        pw = (w // size_divisible + 1) * size_divisible
+    return {"resized": (3, h, w), "padded": (1, 3, ph, pw)}
+'''
+
+DIVIDES_BY_ZERO = '''
+import math
+def predict_shapes(height, width, min_size=480, max_size=1333, size_divisible=32):
+    h, w = resized_size(height, width, min_size, max_size)
+    d = size_divisible                                  # 0 (no padding) is not special-cased
+    return {"resized": (3, h, w), "padded": (1, 3, math.ceil(h / d) * d, math.ceil(w / d) * d)}
+'''
+
+PREDICT_ENGINE = '''
+from fpnlab.shapes import REFERENCE, stage_shapes
+def predict_shapes(height, width, min_size=480, max_size=1333, size_divisible=32):
+    s = stage_shapes(height, width, REFERENCE.with_(min_size=min_size, max_size=max_size,
+                                                    size_divisible=size_divisible))
+    return {"resized": s["resized"], "padded": s["padded"]}
+'''
+
+WRONG_DEVICE = '''
+import torch
+def to_image_list(tensors, size_divisible=32):
+    max_h = max(int(t.shape[-2]) for t in tensors)
+    max_w = max(int(t.shape[-1]) for t in tensors)
+    if size_divisible > 0:
+        max_h = int(math.ceil(max_h / size_divisible) * size_divisible)
+        max_w = int(math.ceil(max_w / size_divisible) * size_divisible)
+    batch = torch.zeros((len(tensors), tensors[0].shape[0], max_h, max_w))   # default device
+    for img, slot in zip(tensors, batch):
+        slot[:, :img.shape[-2], :img.shape[-1]].copy_(img)
+    return ImageList(batch, [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors])
+'''
+
+BATCH_IMAGES = '''
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+def to_image_list(tensors, size_divisible=32):
+    t = GeneralizedRCNNTransform(480, 1333, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0],
+                                 size_divisible=size_divisible)
+    batch = t.batch_images(list(tensors), size_divisible=size_divisible)
+    return ImageList(batch, [(int(x.shape[-2]), int(x.shape[-1])) for x in tensors])
+'''
+
 ONE_CONDITION = '''
 import math
 def topdown_fits(n):
@@ -55,10 +104,18 @@ def topdown_fits(n):
 @pytest.mark.slow
 def test_lesson_01_grades_both_ways(course):
     grade_both_ways(course, "01-preprocessing", [
-        Mistake("rounding", {"resized-size": ROUNDING}, loses=["resize-sizes"]),
-        Mistake("delegates", {"resized-size": DELEGATES}, loses=["resize-trace", "resize-sizes"]),
+        # predict_shapes calls the learner's resized_size: a resize mistake shows in both
+        Mistake("rounding", {"resized-size": ROUNDING}, loses=["resize-sizes", "predict-sizes"]),
+        Mistake("delegates", {"resized-size": DELEGATES},
+                loses=["resize-trace", "resize-sizes", "predict-sizes"]),
         Mistake("rgb", {"to-bgr255": RGB}, loses=["bgr-values"]),
+        Mistake("pad-too-far", {"predict-shapes": PAD_TOO_FAR}, loses=["predict-sizes"]),
+        Mistake("divides-by-zero", {"predict-shapes": DIVIDES_BY_ZERO}, loses=["predict-sizes"]),
+        Mistake("predict-engine", {"predict-shapes": PREDICT_ENGINE}, loses=["predict-sizes"]),
         Mistake("centered", {"to-image-list": CENTERED}, loses=["pad-values"]),
+        Mistake("wrong-device", {"to-image-list": WRONG_DEVICE}, loses=["pad-device"]),
+        Mistake("batch-images", {"to-image-list": BATCH_IMAGES},
+                loses=["pad-shape", "pad-values", "pad-device"]),
         Mistake("one-condition", {"topdown-fits": ONE_CONDITION}, loses=["fits"]),
     ])
 
