@@ -11,7 +11,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = ("checks", "tracing", "oracle", "device", "widgets", "plots", "cli", "reference", "shapes",
-         "images", "config", "answers", "judge")
+         "images", "config", "answers", "judge", "receptive", "cost", "levels", "detector")
 
 
 def __getattr__(name):

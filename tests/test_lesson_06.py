@@ -14,7 +14,20 @@ def answer(course, grade_id="builder"):
 @pytest.mark.slow
 def test_builder_grades_both_ways(course):
     src = answer(course)
+    predict = answer(course, "predict-levels")
     grade_both_ways(course, ASSIGNMENT, [
+        # Predict, then run: the levels of the resized image, as if the body saw it unpadded.
+        Mistake("predict-unpadded", {"predict-levels": variant(
+            predict, "    if divisible:\n", "    if False:\n")}, loses=["predict-levels-check"]),
+        # Predict, then run: the reference's 1024 typed in (the hidden configurations change it).
+        Mistake("predict-typed-channels", {"predict-levels": variant(
+            predict, "channels = cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "channels = 1024")},
+            loses=["predict-levels-check"]),
+        # The prediction asks the shape engine instead of doing the arithmetic.
+        Mistake("predict-engine", {"predict-levels": variant(
+            predict, "    divisible = cfg.DATALOADER.SIZE_DIVISIBILITY\n",
+            "    from fpnlab.shapes import stage_shapes\n    stage_shapes(height, width)\n"
+            "    divisible = cfg.DATALOADER.SIZE_DIVISIBILITY\n")}, loses=["predict-levels-check"]),
         # The yaml files' 256 typed in: wrong against the reference's 1024 and every hidden config.
         Mistake("out-channels-256", {"builder": variant(
             src, "out_channels = cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "out_channels = 256")},
@@ -27,4 +40,8 @@ def test_builder_grades_both_ways(course):
         # The Sequential without its out_channels attribute: the heads could not size themselves.
         Mistake("no-out-channels-attribute", {"builder": variant(
             src, "    model.out_channels = out_channels\n", "")}, loses=["builder-wiring"]),
+        # Children left unnamed (0 and 1): the state-dict keys and the tracer's stages are lost.
+        Mistake("unnamed-children", {"builder": variant(
+            src, 'nn.Sequential(OrderedDict([("body", body), ("fpn", fpn)]))', "nn.Sequential(body, fpn)")},
+            loses=["builder-wiring", "builder-shapes", "builder-values"]),
     ])
