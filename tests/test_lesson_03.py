@@ -79,6 +79,86 @@ class ResNet(nn.Module):
 '''
 
 
+# make_stage that takes the width from out_channels, as ResNet-50's stages allow (out = 4 x width):
+# right for every ResNet-50 stage, wrong for any other.
+STAGE_WIDTH_FROM_OUT = """
+def make_stage(in_channels, bottleneck_channels, out_channels, block_count, first_stride,
+               stride_in_1x1=True):
+    blocks = []
+    for i in range(block_count):
+        blocks.append(Bottleneck(in_channels if i == 0 else out_channels, out_channels // 4,
+                                 out_channels, first_stride if i == 0 else 1, stride_in_1x1))
+    return nn.Sequential(*blocks)
+"""
+
+# a prediction that divides by the stride: right at the trace's 480 x 576, wrong at odd sizes
+PREDICT_FLOOR = """
+def predict_body(height, width):
+    return {f"C{i + 2}": (1, 256 * 2 ** i, height // (4 * 2 ** i), width // (4 * 2 ** i))
+            for i in range(4)}
+"""
+
+# the prediction asked of the shape engine
+PREDICT_ENGINE = """
+def predict_body(height, width):
+    from fpnlab.shapes import REFERENCE, stage_shapes
+    cfg = REFERENCE.with_(min_size=min(height, width), max_size=10 * max(height, width),
+                          size_divisible=0)
+    shapes = stage_shapes(height, width, cfg)
+    return {k: shapes[k] for k in ("C2", "C3", "C4", "C5")}
+"""
+
+# receptive fields added up without the product of the strides before each layer
+RF_NO_STRIDE_PRODUCT = """
+def receptive_field(layers):
+    rf, jump = 1, 1
+    for kernel, stride in layers:
+        rf += kernel - 1
+        jump *= stride
+    return rf, jump
+"""
+
+BODY_RF = """
+def body_receptive_fields(stride_in_1x1=True, blocks=RESNET50_BLOCKS):
+    path = STEM
+    fields = {}
+    for i, count in enumerate(blocks):
+        for j in range(count):
+            stride = 2 if i > 0 and j == 0 else 1
+            if IN_1X1:
+                path = path + [(1, stride), (3, 1), (1, 1)]
+            else:
+                path = path + [(1, 1), (3, stride), (1, 1)]
+        fields[f"C{i + 2}"] = receptive_field(path)
+    return fields
+"""
+# the switch ignored: the stride always in the 3x3
+RF_IGNORES_PLACEMENT = BODY_RF.replace("STEM", "[(7, 2), (3, 2)]").replace("IN_1X1", "False")
+# the stem without its max-pool: receptive fields and strides both off
+RF_NO_MAXPOOL = BODY_RF.replace("STEM", "[(7, 2)]").replace("IN_1X1", "stride_in_1x1")
+
+# the receptive fields read from the course's own probe
+RF_PROBE = """
+def body_receptive_fields(stride_in_1x1=True, blocks=RESNET50_BLOCKS):
+    from fpnlab.receptive import probe_body
+    fields = probe_body(stride_in_1x1, blocks)
+    return {k: fields[k] for k in ("C2", "C3", "C4", "C5")}
+"""
+
+# a guess: the first stage with a stride
+FIRST_WRONG_GUESSED = 'first_wrong = "C3"\n'
+
+# the port "fixed" the wrong way: every stage's stride put back in its 3x3 (torchvision's
+# layout), which is not what stride_in_1x1=True asks for
+FIX_WRONG_CONV = """
+class FixedPort(MSRAPort):
+    def move_strides(self):
+        for stage in list(self.children())[2:]:
+            first = stage[0]
+            first.conv1.stride, first.conv2.stride = (1, 1), (2, 2)
+"""
+
+
 @pytest.mark.slow
 def test_lesson_03_grades_both_ways(course):
     grade_both_ways(course, "03-body", [
@@ -86,6 +166,18 @@ def test_lesson_03_grades_both_ways(course):
                 loses=["bottleneck-values", "body-values"]),
         Mistake("freeze-off-by-one", {"resnet": FREEZE_OFF_BY_ONE}, loses=["freeze"]),
         Mistake("torchvision-layers", {"resnet": TORCHVISION_LAYERS},
-                loses=["body-shapes", "body-keys", "body-values"]),
+                loses=["body-shapes", "body-keys", "body-values", "freeze"]),
+        Mistake("stage-width-from-out-and-predict-floor",
+                {"make-stage": STAGE_WIDTH_FROM_OUT, "predict": PREDICT_FLOOR},
+                loses=["stage-structure", "predict-body"]),
+        Mistake("rf-no-stride-product", {"rf-chain": RF_NO_STRIDE_PRODUCT},
+                loses=["receptive-field", "body-rf"]),
+        Mistake("rf-ignores-placement-and-first-wrong-guessed",
+                {"rf-body": RF_IGNORES_PLACEMENT, "bug-where": FIRST_WRONG_GUESSED},
+                loses=["body-rf", "first-wrong"]),
+        Mistake("rf-no-maxpool-and-fix-wrong-conv",
+                {"rf-body": RF_NO_MAXPOOL, "bug-fix": FIX_WRONG_CONV},
+                loses=["body-rf", "level-strides", "port-fix"]),
+        Mistake("delegation-engine-and-probe", {"predict": PREDICT_ENGINE, "rf-body": RF_PROBE},
+                loses=["predict-body", "body-rf", "level-strides"]),
     ])
-
