@@ -51,6 +51,7 @@ def notebooks(repeat: int) -> dict:
 
     out = {}
     os.environ["FPNLAB_DEVICE"] = "cpu"
+    os.environ.setdefault("FPNLAB_OFFLINE", "1")     # time the notebooks, not a download
     for path in sorted((ROOT / "solutions").glob("*/*.ipynb")):
         runs = timed(lambda: _execute(nbformat.read(str(path), as_version=4)), repeat)
         out[path.parent.name] = {"runs_s": runs, "median_s": median(runs)}

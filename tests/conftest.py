@@ -12,6 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests never download: stage 9's weights come from the cache or not at all (the notebooks it
+# runs and the kernels nbgrader starts inherit this); tests/test_detector.py builds checkpoints.
+os.environ.setdefault("FPNLAB_OFFLINE", "1")
 
 from autograder.roundtrip import Course, replace_cell  # noqa: E402
 
