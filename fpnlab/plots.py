@@ -188,9 +188,9 @@ class PyramidDrawing:
         self._photo = None
         self._layout_key = None
         if title is None and self.levels:
-            title = (f"ResNet-50-FPN {self.levels[0]}-{self.levels[-1]}: each cell of a level "
-                     "covers stride x stride input pixels\n(hatched grey = zero padding, red = "
-                     "grid past the input)")
+            title = (f"ResNet-50-FPN {self.levels[0]}-{self.levels[-1]}: the cells of a level "
+                     "step stride pixels apart (each sees far more: its receptive field)\n"
+                     "(hatched grey = zero padding, red = grid past the input)")
         title = title or "the padded input (hatched grey = zero padding)"
         width = self.cols * PANEL_PT[self.cols]
         per_line = int(width / (0.6 * SUPTITLE_PT))      # characters of DejaVu Sans a line holds
@@ -836,8 +836,8 @@ def _top_down(sheet_for, s: Dict[str, Shape], config: Config) -> None:
     none = sh.box(xl, y, 100, h, "no lateral:\nin_channels 0", "unused", dashed=True)
     sh.arrow(c2.right(), none.left(), dashed=True, color=KINDS["unused"][1])
     sh.note(none.x1 + 14, y, "C2 is left out: a P3-P7 pyramid has no P2", color=UNUSED_TEXT)
-    sh.note(14, y + h / 2 + 18, "What is upsampled is the merged map before the 3x3 (last_inner),"
-            " not the P output.\nThe FPN convolutions have a bias and no norm or ReLU.", va="top")
+    sh.note(14, y + h / 2 + 18, "Arrows carry the tensors' shapes (C x H x W); the dot is where "
+            "a merged map leaves for the level below.", va="top")
     sh.legend(height - 24)
 
 
