@@ -380,7 +380,7 @@ def draw_receptive_field(stage: str, row: int, col: int, rf: int, stride: int,
 
     if photo is None:
         photo, resized_hw = padded_photo()
-    fig = fig or Figure(figsize=(640 / DPI, 560 / DPI), dpi=DPI)
+    fig = fig or Figure(figsize=(640 / DPI, 680 / DPI), dpi=DPI)
     ax = fig.subplots()
     half = (rf - 1) / 2
     _photo_axes(ax, photo, resized_hw or photo.shape[:2], margin=int(max(0, half - min(photo.shape[:2]) / 2)) + 8)
@@ -391,14 +391,15 @@ def draw_receptive_field(stage: str, row: int, col: int, rf: int, stride: int,
     if box is not None:
         top, bottom, left, right = box
         ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left + 1, bottom - top + 1,
-                               facecolor=color, alpha=0.18, edgecolor=color, lw=2,
+                               facecolor=color, alpha=0.35, edgecolor=color, lw=2.5, hatch="//",
                                label=f"measured, inside the input: {bottom - top + 1} x "
                                      f"{right - left + 1} px ({box_label})"))
     ax.add_patch(Rectangle((cx - stride / 2, cy - stride / 2), stride, stride, facecolor="white",
                            edgecolor="black", lw=1, alpha=0.8, label=f"one step: {stride} px"))
     ax.plot([cx], [cy], "o", color="black", ms=4)
     ax.set_title(f"{stage} position (row {row}, col {col}) at pixel ({cy}, {cx})", fontsize=TITLE_PT)
-    ax.legend(loc="lower left", fontsize=11, framealpha=0.9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=1, fontsize=11,
+              framealpha=0.9)
     fig.tight_layout()
     return fig
 
@@ -411,10 +412,12 @@ def _box_patch(box, color, lw=1.5, ls="-"):
 
 
 def draw_anchors(anchors: Mapping[str, object], centers: Mapping[str, Tuple[int, int]],
-                 box=None, box_level: Optional[str] = None, photo=None, resized_hw=None, fig=None):
+                 box=None, box_level: Optional[str] = None, photo=None, resized_hw=None, fig=None,
+                 sizes: Optional[Mapping[str, Sequence[int]]] = None):
     """RetinaNet's anchors over the padded photo: one panel per level with the anchors of one
     position (``anchors[level]``, an ``(A, 4)`` xyxy array; ``centers[level]`` its pixel
-    ``(y, x)``), and, when ``box`` (xyxy) is given, a last panel with that object box and the
+    ``(y, x)``; the title gives the level's anchor sizes, ``sizes[level]``, by default those of
+    torchvision's generator, truncated to whole pixels as it does), and, when ``box`` (xyxy) is given, a last panel with that object box and the
     level it goes to (``box_level``) with that level's anchors at the box's centre."""
     import numpy as np
     from matplotlib.figure import Figure
@@ -424,6 +427,11 @@ def draw_anchors(anchors: Mapping[str, object], centers: Mapping[str, Tuple[int,
     if photo is None:
         photo, resized_hw = padded_photo()
     levels = list(anchors)
+    if sizes is None:
+        gen = retinanet_anchor_generator(with_p2="P2" in levels)
+        names = (("P2",) if "P2" in levels else ()) + P_STAGES
+        sizes = {lv: tuple(int(v) for v in sz) for lv, sz in zip(names, gen.sizes)}
+    base_sizes = dict(sizes)
     panels = len(levels) + (1 if box is not None else 0)
     cols = 3
     rows = int(math.ceil(panels / cols))
@@ -440,9 +448,12 @@ def draw_anchors(anchors: Mapping[str, object], centers: Mapping[str, Tuple[int,
         cy, cx = centers[level]
         ax.plot([cx], [cy], "o", color="black", ms=3)
         sides = np.asarray(anchors[level], dtype=float)
-        sizes = np.sqrt((sides[:, 2] - sides[:, 0]) * (sides[:, 3] - sides[:, 1]))
-        ax.set_title(f"{level}: {len(sides)} anchors, {sizes.min():.0f}..{sizes.max():.0f} px",
-                     fontsize=TITLE_PT)
+        if level in base_sizes:         # the generator's own sizes (truncated to whole pixels)
+            low, high = min(base_sizes[level]), max(base_sizes[level])
+        else:                           # boxes of unknown origin: the square root of their area
+            areas = np.sqrt((sides[:, 2] - sides[:, 0]) * (sides[:, 3] - sides[:, 1]))
+            low, high = int(areas.min()), int(areas.max())
+        ax.set_title(f"{level}: {len(sides)} anchors, {low}..{high} px", fontsize=TITLE_PT)
     used = len(levels)
     if box is not None:
         ax = axes[used]

@@ -32,7 +32,7 @@ def predict_pyramid(height, width):
     return {level: tuple(t.shape) for level, t in zip(("P3", "P4", "P5", "P6", "P7"), out.values())}
 ''',
     "anchors": '''
-def count_anchors(height, width):
+def count_batch_anchors(height, width):
     import fpnlab.shapes
     shapes = fpnlab.shapes.stage_shapes(height, width)
     return 9 * sum(s[2] * s[3] for k, s in shapes.items() if k.startswith("P"))
