@@ -1,11 +1,16 @@
 """Stage 4 (the FPN) grades both ways: full marks for the solution, 0 for the blank release,
-and each typical mistake loses exactly the points of the test cells it breaks."""
+and each typical mistake loses exactly the points of the test cells it breaks. Mistakes in answer
+cells whose tests cannot mask each other share one submission."""
+from pathlib import Path
+
+import nbformat
 import pytest
 
 from conftest import Mistake, grade_both_ways, variant
 from conftest import answer as _answer
 
 ASSIGNMENT = "04-fpn"
+SOURCE = Path(__file__).resolve().parents[1] / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
 
 FPN_TEMPLATE = '''
 class FPN(nn.Module):
@@ -57,6 +62,34 @@ def fpn(upsample='F.interpolate(last_inner, scale_factor=2, mode="nearest")', to
     return FPN_TEMPLATE.replace("UPSAMPLE", upsample).replace("TOP_BLOCKS", str(top_blocks))
 
 
+# The prediction made with the learner's own engine, named like the course's, that forgets the
+# stem's max-pool (every level twice too large): a judge reading the global name would agree.
+PREDICT_OWN_ENGINE = """
+def stage_shapes(height, width, config=None, out_channels=1024):
+    return {f"P{k}": (1, out_channels, height // 2 ** (k - 1), width // 2 ** (k - 1)) for k in (3, 4, 5)}
+
+
+def predict_levels(height, width, out_channels=1024):
+    return stage_shapes(height, width, out_channels=out_channels)
+"""
+
+# Exercise 5a answered as functions: accepted.
+WHERE_AS_FUNCTIONS = """
+def first_wrong():
+    return "P4"
+
+
+def wrong_levels():
+    return ["P3", "P4"]
+"""
+
+# The cost without biases, and a helper of the learner's named like the measurement's.
+OWN_LEVEL_COSTS = """
+def fpn_level_costs(height, width, out_channels=1024, *args, **kwargs):
+    return fpn_cost(height, width, out_channels)
+"""
+
+
 @pytest.mark.slow
 def test_lesson_04_grades_both_ways(course):
     conv = _answer(course, ASSIGNMENT, "conv-block")
@@ -64,88 +97,115 @@ def test_lesson_04_grades_both_ways(course):
     cost = _answer(course, ASSIGNMENT, "cost")
     where = _answer(course, ASSIGNMENT, "bug-answer")
     fixed = _answer(course, ASSIGNMENT, "bug-fixed")
+    relu_line = "            layers.append(nn.ReLU(inplace=True))\n"
+    first_line = "        names, feats = list(x.keys()), list(x.values())\n"
     grade_both_ways(course, ASSIGNMENT, [
-        # PyTorch's default init: every test of the factory checks XavierFill.
-        Mistake("default-init", {"conv-block": variant(
-            conv, "        nn.init.kaiming_uniform_(conv.weight, a=1)\n", "")},
-                loses=["conv-block-init", "conv-block-relu", "conv-block-gn"]),
-        # use_relu ignored: the bare conv (or conv + GroupNorm) comes back.
-        Mistake("relu-ignored", {"conv-block": variant(
-            conv, "            layers.append(nn.ReLU(inplace=True))\n", "            pass\n")},
-                loses=["conv-block-relu"]),
-        # With use_relu a fresh conv is made: the ReLU is there, the conv's init is PyTorch's.
-        Mistake("relu-fresh-conv", {"conv-block": variant(
-            conv, "            layers.append(nn.ReLU(inplace=True))\n",
-            "            layers[0] = nn.Conv2d(in_channels, out_channels, kernel_size, stride,\n"
-            "                                  dilation * (kernel_size - 1) // 2, dilation,\n"
-            "                                  bias=not use_gn)\n"
-            "            layers.append(nn.ReLU(inplace=True))\n")}, loses=["conv-block-relu"]),
-        # A bias before the GroupNorm.
-        Mistake("gn-with-bias", {"conv-block": variant(conv, "bias=not use_gn)", "bias=True)")},
-                loses=["conv-block-gn"]),
-        # 32 channels per group instead of 32 groups (DIM_PER_GP read as the rule).
-        Mistake("gn-channels-per-group", {"conv-block": variant(
-            conv, "nn.GroupNorm(32, out_channels", "nn.GroupNorm(out_channels // 32, out_channels")},
-                loses=["conv-block-gn"]),
-        # Predict, then run: sizes divided with floor (right at 480 x 576 only).
-        Mistake("predict-floor", {"predict": variant(
-            predict, "        return (n - 1) // 2 + 1", "        return n // 2")},
-                loses=["predict-levels"]),
-        # The prediction keeps the stages' channels instead of out_channels.
-        Mistake("predict-stage-channels", {"predict": variant(variant(
-            predict, 'for level in ("P3", "P4", "P5"):', 'for level, c in (("P3", 512), ("P4", 1024), ("P5", 2048)):'),
-            "(1, out_channels, h, w)", "(1, c, h, w)")}, loses=["predict-levels"]),
-        # The prediction asks the shape engine.
-        Mistake("predict-engine", {"predict": variant(
-            predict, "    shapes = {}\n",
-            "    from fpnlab.shapes import stage_shapes\n    stage_shapes(height, width)\n"
-            "    shapes = {}\n")}, loses=["predict-levels"]),
-        # Shapes right, values wrong: bilinear, or the P output sent down the pathway.
-        Mistake("bilinear", {"fpn": fpn('F.interpolate(last_inner, scale_factor=2, '
-                                        'mode="bilinear", align_corners=False)')},
-                loses=["fpn-values"]),
-        Mistake("upsamples-p", {"fpn": fpn('F.interpolate(results[0], scale_factor=2, '
-                                           'mode="nearest")')},
-                loses=["fpn-values"]),
-        Mistake("ignores-top-blocks", {"fpn": fpn(top_blocks=False)}, loses=["fpn-top-blocks"]),
-        Mistake("template-is-right", {"fpn": fpn()}, loses=[]),
-        Mistake("fpn-delegates", {"fpn": FPN_DELEGATES},
-                loses=["fpn-structure", "fpn-shapes", "fpn-top-blocks", "fpn-values"]),
-        # Cost: the biases forgotten; the output 3x3 forgotten; FLOPs for MACs; elements for bytes.
-        Mistake("cost-no-bias", {"cost": variant(
-            cost, '"params": weights + len(layers) * out_channels', '"params": weights')},
-                loses=["cost-params"]),
-        Mistake("cost-no-3x3", {"cost": variant(variant(variant(
-            cost, '"P3": [(512, 1), (out_channels, 3)]', '"P3": [(512, 1)]'),
-            '"P4": [(1024, 1), (out_channels, 3)]', '"P4": [(1024, 1)]'),
-            '"P5": [(2048, 1), (out_channels, 3)]', '"P5": [(2048, 1)]')},
-                loses=["cost-params", "cost-macs"]),
-        Mistake("cost-flops", {"cost": variant(
-            cost, '"macs": weights * positions[level]', '"macs": 2 * weights * positions[level]')},
-                loses=["cost-macs"]),
-        Mistake("cost-elements", {"cost": variant(
-            cost, '"bytes": 4 * out_channels * positions[level]',
-            '"bytes": out_channels * positions[level]')}, loses=["cost-memory"]),
-        Mistake("cost-measured", {"cost": variant(
-            cost, "    def half(n):",
-            "    from fpnlab.cost import fpn_level_costs\n"
-            "    return fpn_level_costs(height, width, out_channels)\n\n    def half(n):")},
-                loses=["cost-params", "cost-macs", "cost-memory"]),
-        # Find the bug: the first level returned, not the first computed; P6/P7 taken as wrong too.
-        Mistake("bug-first-returned", {"bug-answer": variant(where, '"P4"', '"P3"')},
-                loses=["bug-where"]),
-        Mistake("bug-all-below", {"bug-answer": variant(
-            where, '["P3", "P4"]', '["P3", "P4", "P6", "P7"]')}, loses=["bug-where"]),
-        # The fix: the suspect's forward unchanged; a bilinear "fix"; torchvision's own forward.
-        Mistake("fix-unchanged", {"bug-fixed": variant(
-            fixed, "        names, feats = list(x.keys()), list(x.values())\n",
-            "        return super().forward(x)\n        names, feats = list(x.keys()), list(x.values())\n")},
-                loses=["bug-fix"]),
-        Mistake("fix-bilinear", {"bug-fixed": variant(
-            fixed, 'size=lateral.shape[-2:], mode="nearest")',
-            'size=lateral.shape[-2:], mode="bilinear", align_corners=False)')}, loses=["bug-fix"]),
-        Mistake("fix-delegates", {"bug-fixed": variant(
-            fixed, "        names, feats = list(x.keys()), list(x.values())\n",
-            "        return FeaturePyramidNetwork.forward(self, x)\n"
-            "        names, feats = list(x.keys()), list(x.values())\n")}, loses=["bug-fix"]),
+        # PyTorch's default init (every test of the factory checks XavierFill); sizes divided
+        # with floor (right at the visible 352 x 544 only); bilinear upsampling (shapes right,
+        # values wrong); the biases forgotten in the cost; the first level returned, not the
+        # first computed; the suspect's forward kept as the "fix".
+        Mistake("default-init+predict-floor+bilinear+cost-no-bias+first-returned+fix-unchanged", {
+            "conv-block": variant(conv, "        nn.init.kaiming_uniform_(conv.weight, a=1)\n", ""),
+            "predict": variant(predict, "        return (n - 1) // 2 + 1", "        return n // 2"),
+            "fpn": fpn('F.interpolate(last_inner, scale_factor=2, mode="bilinear", align_corners=False)'),
+            "cost": variant(cost, '"params": weights + len(layers) * out_channels', '"params": weights'),
+            "bug-answer": variant(where, '"P4"', '"P3"'),
+            "bug-fixed": variant(fixed, first_line, "        return super().forward(x)\n" + first_line)},
+                loses=["conv-block-init", "conv-block-relu", "conv-block-gn", "predict-levels",
+                       "fpn-values", "cost-params", "bug-where", "bug-fix"]),
+        # use_relu ignored; the stages' channels predicted; the P output sent down the pathway;
+        # FLOPs for MACs; P6/P7 taken as wrong too; a bilinear "fix".
+        Mistake("relu-ignored+predict-stage-channels+upsamples-p+cost-flops+all-below+fix-bilinear", {
+            "conv-block": variant(conv, relu_line, "            pass\n"),
+            "predict": variant(variant(
+                predict, 'for level in ("P3", "P4", "P5"):',
+                'for level, c in (("P3", 512), ("P4", 1024), ("P5", 2048)):'),
+                "(1, out_channels, h, w)", "(1, c, h, w)"),
+            "fpn": fpn('F.interpolate(results[0], scale_factor=2, mode="nearest")'),
+            "cost": variant(cost, '"macs": weights * positions[level]',
+                            '"macs": 2 * weights * positions[level]'),
+            "bug-answer": variant(where, '["P3", "P4"]', '["P3", "P4", "P6", "P7"]'),
+            "bug-fixed": variant(fixed, 'size=lateral.shape[-2:], mode="nearest")',
+                                 'size=lateral.shape[-2:], mode="bilinear", align_corners=False)')},
+                loses=["conv-block-relu", "predict-levels", "fpn-values", "cost-macs", "bug-where",
+                       "bug-fix"]),
+        # with use_relu a fresh conv (PyTorch's init); the prediction asks the shape engine;
+        # top_blocks ignored; elements for bytes; Exercise 5a as functions (right); torchvision's
+        # own forward as the fix.
+        Mistake("relu-fresh-conv+predict-engine+ignores-top-blocks+cost-elements+fix-delegates", {
+            "conv-block": variant(
+                conv, relu_line,
+                "            layers[0] = nn.Conv2d(in_channels, out_channels, kernel_size, stride,\n"
+                "                                  dilation * (kernel_size - 1) // 2, dilation,\n"
+                "                                  bias=not use_gn)\n" + relu_line),
+            "predict": variant(predict, "    shapes = {}\n",
+                               "    from fpnlab.shapes import stage_shapes\n    stage_shapes(height, width)\n"
+                               "    shapes = {}\n"),
+            "fpn": fpn(top_blocks=False),
+            "cost": variant(cost, '"bytes": 4 * out_channels * positions[level]',
+                            '"bytes": out_channels * positions[level]'),
+            "bug-answer": WHERE_AS_FUNCTIONS,
+            "bug-fixed": variant(fixed, first_line,
+                                 "        return FeaturePyramidNetwork.forward(self, x)\n" + first_line)},
+                loses=["conv-block-relu", "predict-levels", "fpn-top-blocks", "cost-memory", "bug-fix"]),
+        # a bias before the GroupNorm; torchvision's FPN inside; the output 3x3 left out of the cost.
+        Mistake("gn-with-bias+fpn-delegates+cost-no-3x3", {
+            "conv-block": variant(conv, "bias=not use_gn)", "bias=True)"),
+            "fpn": FPN_DELEGATES,
+            "cost": variant(variant(variant(
+                cost, '"P3": [(512, 1), (out_channels, 3)]', '"P3": [(512, 1)]'),
+                '"P4": [(1024, 1), (out_channels, 3)]', '"P4": [(1024, 1)]'),
+                '"P5": [(2048, 1), (out_channels, 3)]', '"P5": [(2048, 1)]')},
+                loses=["conv-block-gn", "fpn-structure", "fpn-shapes", "fpn-top-blocks", "fpn-values",
+                       "cost-params", "cost-macs"]),
+        # 32 channels per group; the template FPN (right); the cost read from the measurement;
+        # the prediction made with the learner's own engine named like the course's.
+        Mistake("gn-channels-per-group+template+cost-measured+own-engine", {
+            "conv-block": variant(conv, "nn.GroupNorm(32, out_channels",
+                                  "nn.GroupNorm(out_channels // 32, out_channels"),
+            "fpn": fpn(),
+            "cost": variant(cost, "    def half(n):",
+                            "    from fpnlab.cost import fpn_level_costs\n"
+                            "    return fpn_level_costs(height, width, out_channels)\n\n    def half(n):"),
+            "predict": PREDICT_OWN_ENGINE},
+                loses=["conv-block-gn", "cost-params", "cost-macs", "cost-memory", "predict-levels"]),
     ])
+
+
+def _run_locally(replace, upto, rerun=None):
+    """The solution's code cells, in order, in one namespace (a learner's kernel), answer cells
+    replaced; ``rerun`` (an answer cell's grade id) runs once more just before ``upto``, as a
+    learner re-runs an answer after the helpers; returns what ``upto`` raised (None if nothing)."""
+    nb = nbformat.read(str(SOURCE), as_version=4)
+    ns = {"__name__": "__main__"}
+    sources = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        sources[gid] = replace.get(gid, cell.source)
+        if gid == upto and rerun:
+            exec(compile(sources[rerun], f"<cell {rerun}, again>", "exec"), ns)
+        try:
+            exec(compile(sources[gid], f"<cell {gid}>", "exec"), ns)
+        except Exception as e:  # noqa: BLE001
+            if gid == upto:
+                return e
+            raise
+        if gid == upto:
+            return None
+    raise AssertionError(f"no cell {upto}")
+
+
+def test_a_learners_own_helpers_do_not_fool_the_judges_in_their_kernel(monkeypatch):
+    """A judge reads no global a learner's answer can rebind: the prediction and the cost
+    tests still fail a wrong answer whose cell defines names like the engine's."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    from fpnlab.checks import CheckError
+    nb = nbformat.read(str(SOURCE), as_version=4)
+    cost = next(c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "cost")
+    no_bias = variant(cost, '"params": weights + len(layers) * out_channels', '"params": weights')
+    raised = _run_locally({"cost": no_bias + "\n\n" + OWN_LEVEL_COSTS}, "cost-params", rerun="cost")
+    assert isinstance(raised, CheckError), raised
+    raised = _run_locally({"predict": PREDICT_OWN_ENGINE}, "predict-levels")
+    assert isinstance(raised, CheckError), raised
