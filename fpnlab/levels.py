@@ -52,27 +52,11 @@ def probe_fields(layers: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
 
 
 def _one_channel(module):
-    """The same geometry with one channel (in place): each Conv2d becomes a 1 -> 1 conv with the
-    same kernel, stride, padding and dilation and positive weights (float64, CPU), each norm an
-    identity, each max-pool an average pool over the same window (a max-pool passes its gradient
-    to one input of each window, an average pool to all: the same window, the same field)."""
-    import torch
-    from torch import nn
+    """The same geometry with one channel, in place: :func:`fpnlab.receptive._one_channel`
+    (positive weights, norms as identities, max-pools as average pools over the same window)."""
+    from .receptive import _one_channel as one_channel
 
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Conv2d):
-            conv = nn.Conv2d(1, 1, child.kernel_size, stride=child.stride, padding=child.padding,
-                             dilation=child.dilation, bias=False, device="cpu", dtype=torch.float64)
-            with torch.no_grad():
-                conv.weight.fill_(1.0 / conv.weight.numel())
-            setattr(module, name, conv)
-        elif isinstance(child, nn.MaxPool2d):
-            setattr(module, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
-        elif not list(child.children()) and not isinstance(child, (nn.ReLU, nn.AvgPool2d)):
-            setattr(module, name, nn.Identity())        # FrozenBatchNorm2d, the classifier
-        else:
-            _one_channel(child)
-    return module
+    return one_channel(module)
 
 
 _STRIP_MODELS: Dict[tuple, object] = {}
