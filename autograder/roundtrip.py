@@ -49,7 +49,7 @@ class Course:
             for path in (self.path / "solutions").glob("*/*.ipynb"):     # the grader's copy
                 nbformat.write(judging.inject(nbformat.read(str(path), as_version=4)), str(path))
         self._generated: set[str] = set()
-        self._judge: judging.Client | None = None
+        self._judges: List[judging.Client] = []
 
     def generate(self, assignment: str) -> Path:
         """Generate the release (and gradebook entry) of ``assignment``; returns its folder."""
@@ -89,8 +89,9 @@ class Course:
         """Submit each student's notebook, autograde them all, return their results.
 
         The submissions are split over ``workers`` nbgrader runs at once (:func:`default_workers`),
-        each on its own copy of the course, one thread per kernel; the judge then scores each
-        one in its own course's gradebook."""
+        each on its own copy of the course, one thread per kernel, and each copy's judge (a
+        process of its own) scores its submissions into that copy's gradebook as soon as its
+        nbgrader run ends."""
         self.generate(assignment)
         name = self.notebook_name(assignment)
         students = list(submissions)
@@ -112,15 +113,21 @@ class Course:
             return run_nbgrader(["autograde", assignment, "--force", "--create", "--student=*"],
                                 course, check=True, one_thread=workers > 1)
 
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, courses))
-        if self._judge is None:
-            self._judge = judging.Client()
+        # Then the judge, one process per copy (torch imported once each), the copies at once.
+        while len(self._judges) < workers:
+            self._judges.append(judging.Client())
         source = self.path / "solutions" / assignment / name
-        self.verdicts: Dict[str, list] = {}
-        for student in students:              # what the judge said of each test cell
-            _, self.verdicts[student] = judging.apply(self._where[student], assignment, student,
-                                                      name, source, self._judge)
+
+        def grade_and_judge(index: int) -> Dict[str, list]:
+            run(courses[index])
+            return {student: judging.apply(courses[index], assignment, student, name, source,
+                                           self._judges[index])[1] for student in groups[index]}
+
+        with ThreadPoolExecutor(workers) as pool:
+            judged = list(pool.map(grade_and_judge, range(workers)))
+        self.verdicts: Dict[str, list] = {}       # what the judge said of each test cell
+        for part in judged:
+            self.verdicts.update(part)
         return {s: self.score(assignment, s) for s in students}
 
     def score(self, assignment: str, student: str) -> Result:
