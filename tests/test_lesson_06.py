@@ -19,6 +19,10 @@ def test_builder_grades_both_ways(course):
         # Predict, then run: the levels of the resized image, as if the body saw it unpadded.
         Mistake("predict-unpadded", {"predict-levels": variant(
             predict, "    if divisible:\n", "    if False:\n")}, loses=["predict-levels-check"]),
+        # Predict, then run: the sides halved rounding down (PyTorch's floor where the convs round up).
+        Mistake("predict-floor", {"predict-levels": variant(
+            predict, "-(-height // 2 ** k), -(-width // 2 ** k)", "height // 2 ** k, width // 2 ** k")},
+            loses=["predict-levels-check"]),
         # Predict, then run: the reference's 1024 typed in (the hidden configurations change it).
         Mistake("predict-typed-channels", {"predict-levels": variant(
             predict, "channels = cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "channels = 1024")},

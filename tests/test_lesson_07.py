@@ -63,6 +63,13 @@ def test_deployment_grades_both_ways(course):
         # groups=1: a (C, C, 2, 2) kernel of ones sums the channels; every shape stays right.
         Mistake("deconv-groups-1", {"deconv": variant(deconv, "groups=channels,", "")},
                 loses=["deconv-values"]),
+        # Kernel 4, padding 1: the size is right, the footprints overlap and add up.
+        Mistake("deconv-overlap", {"deconv": variant(
+            deconv, "kernel_size=2, stride=2,", "kernel_size=4, stride=2, padding=1,")},
+                loses=["deconv-values"]),
+        # Kernel 3 without padding: 2n + 1, every shape one too long.
+        Mistake("deconv-kernel-3", {"deconv": variant(deconv, "kernel_size=2,", "kernel_size=3,")},
+                loses=["deconv-shapes", "deconv-values"]),
         # nn.Upsample gives the right values, but it is not the Deconvolution: both cells lose.
         Mistake("deconv-upsample", {"deconv": with_body(deconv, UPSAMPLE)},
                 loses=["deconv-shapes", "deconv-values"]),
