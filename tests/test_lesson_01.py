@@ -31,6 +31,20 @@ def to_bgr255(image):
     return t - torch.tensor(PIXEL_MEAN).view(3, 1, 1)
 '''
 
+# helpers of the learner's own under the shape engine's names (pad_to, conv_out, stage_shapes),
+# wrong ones: the judge reads the engine's, so the prediction built on them loses its points
+OWN_ENGINE_NAMES = '''
+def pad_to(n, d):                                      # rounds down
+    return n // d * d if d else n
+def conv_out(n, k, s=1, p=0):
+    return (n + 2 * p - k) // s
+def stage_shapes(*args, **kwargs):
+    raise RuntimeError("not the engine")
+def predict_shapes(height, width, min_size=480, max_size=1333, size_divisible=32):
+    h, w = resized_size(height, width, min_size, max_size)
+    return {"resized": (3, h, w), "padded": (1, 3, pad_to(h, size_divisible), pad_to(w, size_divisible))}
+'''
+
 CENTERED = '''
 def to_image_list(tensors, size_divisible=32):
     max_h = max(int(t.shape[-2]) for t in tensors)
@@ -108,7 +122,8 @@ def test_lesson_01_grades_both_ways(course):
         Mistake("rounding", {"resized-size": ROUNDING}, loses=["resize-sizes", "predict-sizes"]),
         Mistake("delegates", {"resized-size": DELEGATES},
                 loses=["resize-trace", "resize-sizes", "predict-sizes"]),
-        Mistake("rgb", {"to-bgr255": RGB}, loses=["bgr-values"]),
+        Mistake("rgb-and-own-engine-names", {"to-bgr255": RGB, "predict-shapes": OWN_ENGINE_NAMES},
+                loses=["bgr-values", "predict-sizes"]),
         Mistake("pad-too-far", {"predict-shapes": PAD_TOO_FAR}, loses=["predict-sizes"]),
         Mistake("divides-by-zero", {"predict-shapes": DIVIDES_BY_ZERO}, loses=["predict-sizes"]),
         Mistake("predict-engine", {"predict-shapes": PREDICT_ENGINE}, loses=["predict-sizes"]),

@@ -90,6 +90,16 @@ class StemWithFixedBatchNorm(nn.Module):
         return F.max_pool2d(self.bn1(self.conv1(x)), kernel_size=3, stride=2, padding=1)
 '''
 
+# conv_out redefined (wrong) in a later answer cell, under the name the conv tests' judges used
+# to read: the judges read the engine's, so only the prediction built on it loses
+REDEFINES_CONV_OUT = '''
+def conv_out(n, k, s=1, p=0):
+    return (n + 2 * p - k) // s
+def predict_stem(height, width):
+    h, w = conv_out(height, 7, 2, 3), conv_out(width, 7, 2, 3)
+    return {"conv1": (1, 64, h, w), "stem": (1, 64, conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1))}
+'''
+
 POOL_NO_PADDING = NO_RELU.replace("self.bn1(self.conv1(x))", "F.relu(self.bn1(self.conv1(x)))") \
                          .replace("padding=1)", "padding=0)")
 
@@ -126,7 +136,8 @@ def test_lesson_02_grades_both_ways(course):
         Mistake("bn-by-variance", {"frozen-bn": BN_BY_VARIANCE}, loses=["bn-values", "stem-values"]),
         Mistake("torchvision-bn", {"frozen-bn": TORCHVISION_BN},
                 loses=["bn-structure", "bn-values", "stem-structure", "stem-shape", "stem-values"]),
-        Mistake("no-relu", {"stem": NO_RELU}, loses=["stem-values"]),
+        Mistake("no-relu-and-conv-out-redefined", {"stem": NO_RELU, "predict-stem": REDEFINES_CONV_OUT},
+                loses=["stem-values", "stem-predicted"]),
         Mistake("pool-no-padding", {"stem": POOL_NO_PADDING}, loses=["stem-shape", "stem-values"]),
         Mistake("pool-ceil", {"stem": POOL_CEIL}, loses=["stem-shape", "stem-values"]),
         Mistake("torchvision-stem", {"stem": TORCHVISION_STEM},

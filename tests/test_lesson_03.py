@@ -108,6 +108,29 @@ def predict_body(height, width):
     return {k: shapes[k] for k in ("C2", "C3", "C4", "C5")}
 """
 
+# helpers of the learner's own under the names the engine and the old helper cell use (conv_out,
+# stage_shapes, rf_table, BODY_STAGES), wrong ones: the judges read their own
+OWN_ENGINE_NAMES = """
+def conv_out(n, k, s=1, p=0):
+    return (n + 2 * p - k) // s
+def stage_shapes(*args, **kwargs):
+    raise RuntimeError("not the engine")
+BODY_STAGES = ("C2",)
+def rf_table(got, label):
+    return got
+def predict_body(height, width):
+    h, w = conv_out(conv_out(height, 7, 2, 3), 3, 2, 1), conv_out(conv_out(width, 7, 2, 3), 3, 2, 1)
+    shapes = {}
+    for i in range(4):
+        if i:
+            h, w = conv_out(h, 1, 2, 0), conv_out(w, 1, 2, 0)
+        shapes[f"C{i + 2}"] = (1, 256 * 2 ** i, h, w)
+    return shapes
+"""
+
+# first_wrong as a function (05's form): accepted
+FIRST_WRONG_FUNCTION = 'def first_wrong():\n    return "C5"\n'
+
 # receptive fields added up without the product of the strides before each layer
 RF_NO_STRIDE_PRODUCT = """
 def receptive_field(layers):
@@ -170,13 +193,15 @@ def test_lesson_03_grades_both_ways(course):
         Mistake("stage-width-from-out-and-predict-floor",
                 {"make-stage": STAGE_WIDTH_FROM_OUT, "predict": PREDICT_FLOOR},
                 loses=["stage-structure", "predict-body"]),
-        Mistake("rf-no-stride-product", {"rf-chain": RF_NO_STRIDE_PRODUCT},
-                loses=["receptive-field", "body-rf"]),
+        Mistake("rf-no-stride-product-and-own-engine-names",
+                {"rf-chain": RF_NO_STRIDE_PRODUCT, "predict": OWN_ENGINE_NAMES},
+                loses=["receptive-field", "body-rf", "predict-body"]),
         Mistake("rf-ignores-placement-and-first-wrong-guessed",
                 {"rf-body": RF_IGNORES_PLACEMENT, "bug-where": FIRST_WRONG_GUESSED},
                 loses=["body-rf", "first-wrong"]),
         Mistake("rf-no-maxpool-and-fix-wrong-conv",
-                {"rf-body": RF_NO_MAXPOOL, "bug-fix": FIX_WRONG_CONV},
+                {"rf-body": RF_NO_MAXPOOL, "bug-fix": FIX_WRONG_CONV,
+                 "bug-where": FIRST_WRONG_FUNCTION},
                 loses=["body-rf", "level-strides", "port-fix"]),
         Mistake("delegation-engine-and-probe", {"predict": PREDICT_ENGINE, "rf-body": RF_PROBE},
                 loses=["predict-body", "body-rf", "level-strides"]),
