@@ -49,6 +49,18 @@ def test_a_stub_says_which_exercise_to_finish(tmp_path):
         load_answers(lesson(tmp_path, STUB), ["double"])
 
 
+def test_an_unanswered_top_level_exercise_leaves_the_other_answers_usable(tmp_path):
+    path = lesson(tmp_path, SOLVED)
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells.insert(4, A.solution("first_wrong = None\n# YOUR CODE HERE\nraise NotImplementedError()",
+                                  "bug-level"))
+    nbformat.write(nb, str(path))
+    assert load_answers(path, ["double"])["double"](5) == 10
+    with pytest.raises(AnswerError, match=r"`first_wrong` (is not defined|still raises "
+                                          r"NotImplementedError): finish exercise `bug-level`"):
+        load_answers(path, ["first_wrong"])
+
+
 def test_a_missing_name_names_the_lesson_and_its_exercises(tmp_path):
     path = lesson(tmp_path, SOLVED)
     with pytest.raises(AnswerError, match=r"lesson 03-toy: `ResNet` is not defined: no exercise "
