@@ -2,9 +2,7 @@
 explorer's reaction, the report."""
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
-from types import SimpleNamespace
 
 from .timing import Target, at_least, at_most, fmt_seconds, median, timed
 
@@ -14,28 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def learner_model(cfg=None, device="cpu"):
     """The learner-style model: the stage-6 solution's builder assembling the solutions' own
     ResNet (stage 3), FPN (stage 4) and LastLevelP6P7 (stage 5), loaded from solutions/."""
-    from fpnlab.answers import load_answers
+    from fpnlab.answers import learner_backbone
     from fpnlab.config import default_cfg
 
-    cfg = cfg or default_cfg()
-    sol = ROOT / "solutions"
-    body = load_answers(sol / "03-body" / "03-body.ipynb", ["ResNet"])["ResNet"]
-    fpn = load_answers(sol / "04-fpn" / "04-fpn.ipynb", ["FPN", "conv_with_kaiming_uniform"])
-    top = load_answers(sol / "05-p6p7" / "05-p6p7.ipynb", ["LastLevelP6P7"])["LastLevelP6P7"]
-    build = load_answers(sol / "06-backbone" / "06-backbone.ipynb",
-                         ["build_resnet_fpn_p3p7_backbone"])["build_resnet_fpn_p3p7_backbone"]
-
-    def resnet(c):
-        params = inspect.signature(body).parameters
-        if "cfg" in params:
-            return body(c)
-        options = {"stride_in_1x1": c.MODEL.RESNETS.STRIDE_IN_1X1,
-                   "freeze_at": c.MODEL.BACKBONE.FREEZE_CONV_BODY_AT}
-        return body(**{k: v for k, v in options.items() if k in params})
-
-    parts = SimpleNamespace(ResNet=resnet, FPN=fpn["FPN"], LastLevelP6P7=top,
-                            conv_with_kaiming_uniform=fpn["conv_with_kaiming_uniform"])
-    return build(cfg, parts)
+    return learner_backbone(cfg or default_cfg(), ROOT / "solutions")
 
 
 def shapes(repeat: int) -> dict:

@@ -338,38 +338,7 @@ def load_backbone(model: nn.Module, backbone_state: Mapping[str, torch.Tensor]) 
     return model
 
 
-#: The learner's parts lesson 09 assembles: (lesson, names) read with fpnlab.answers.load_answers.
-LEARNER_PARTS = (("03-body", ("ResNet",)), ("04-fpn", ("FPN", "conv_with_kaiming_uniform")),
-                 ("05-p6p7", ("LastLevelP6P7",)),
-                 ("06-backbone", ("build_resnet_fpn_p3p7_backbone",)))
-
-
-def learner_backbone(cfg, folder="..") -> nn.Module:
-    """The learner's own ``build_resnet_fpn_p3p7_backbone(cfg, parts)`` (stage 6) assembling their
-    ``ResNet`` (3), ``FPN`` and ``conv_with_kaiming_uniform`` (4) and ``LastLevelP6P7`` (5), read
-    from ``folder/NN-name/NN-name.ipynb``. Raises :class:`fpnlab.answers.AnswerError` naming the
-    first part that is missing or unfinished."""
-    import inspect
-    from types import SimpleNamespace
-
-    from .answers import load_answers
-
-    own = {}
-    for lesson, names in LEARNER_PARTS:
-        own.update(load_answers(Path(folder) / lesson / f"{lesson}.ipynb", names))
-    resnet = own["ResNet"]
-
-    def make_resnet(c):
-        params = inspect.signature(resnet).parameters
-        if "cfg" in params:
-            return resnet(c)
-        options = {"stride_in_1x1": c.MODEL.RESNETS.STRIDE_IN_1X1,
-                   "freeze_at": c.MODEL.BACKBONE.FREEZE_CONV_BODY_AT}
-        return resnet(**{k: v for k, v in options.items() if k in params})
-
-    parts = SimpleNamespace(ResNet=make_resnet, FPN=own["FPN"], LastLevelP6P7=own["LastLevelP6P7"],
-                            conv_with_kaiming_uniform=own["conv_with_kaiming_uniform"])
-    return own["build_resnet_fpn_p3p7_backbone"](cfg, parts).eval()
+from .answers import LEARNER_PARTS, learner_backbone  # noqa: E402  (re-exported)
 
 
 # ----------------------------------------------------------------------------- the detector

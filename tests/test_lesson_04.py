@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import Mistake, grade_both_ways, variant
+from conftest import Mistake, grade_both_ways, run_locally, variant
 from conftest import answer as _answer
 
 ASSIGNMENT = "04-fpn"
@@ -173,28 +173,7 @@ def test_lesson_04_grades_both_ways(course):
 
 
 def _run_locally(replace, upto, rerun=None):
-    """The solution's code cells, in order, in one namespace (a learner's kernel), answer cells
-    replaced; ``rerun`` (an answer cell's grade id) runs once more just before ``upto``, as a
-    learner re-runs an answer after the helpers; returns what ``upto`` raised (None if nothing)."""
-    nb = nbformat.read(str(SOURCE), as_version=4)
-    ns = {"__name__": "__main__"}
-    sources = {}
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-        sources[gid] = replace.get(gid, cell.source)
-        if gid == upto and rerun:
-            exec(compile(sources[rerun], f"<cell {rerun}, again>", "exec"), ns)
-        try:
-            exec(compile(sources[gid], f"<cell {gid}>", "exec"), ns)
-        except Exception as e:  # noqa: BLE001
-            if gid == upto:
-                return e
-            raise
-        if gid == upto:
-            return None
-    raise AssertionError(f"no cell {upto}")
+    return run_locally(SOURCE, replace, upto, rerun)
 
 
 def test_a_learners_own_helpers_do_not_fool_the_judges_in_their_kernel(monkeypatch):

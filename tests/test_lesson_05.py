@@ -2,10 +2,9 @@
 Mistakes in answer cells whose tests cannot mask each other share one submission."""
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from conftest import Mistake, grade_both_ways, variant
+from conftest import Mistake, grade_both_ways, run_locally, variant
 from conftest import answer as _answer
 
 ASSIGNMENT = "05-p6p7"
@@ -95,24 +94,8 @@ def test_p6p7_grades_both_ways(course):
     ])
 
 
-def _run_locally(replace, upto):
-    """The solution's code cells, in order, in one namespace (a learner's kernel), with answer
-    cells replaced; stops after the cell ``upto`` and returns what it raised (None if nothing)."""
-    nb = nbformat.read(str(SOURCE), as_version=4)
-    ns = {"__name__": "__main__"}
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-        try:
-            exec(compile(replace.get(gid, cell.source), f"<cell {gid}>", "exec"), ns)
-        except Exception as e:  # noqa: BLE001
-            if gid == upto:
-                return e
-            raise
-        if gid == upto:
-            return None
-    raise AssertionError(f"no cell {upto}")
+def _run_locally(replace, upto, rerun=None):
+    return run_locally(SOURCE, replace, upto, rerun)
 
 
 def test_a_learners_own_conv_out_does_not_fool_the_prediction_test_in_their_kernel(monkeypatch):
