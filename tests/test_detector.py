@@ -299,8 +299,9 @@ def test_random_head_finds_nothing_and_still_runs():
 def test_batch_input_is_the_trace_batch():
     from fpnlab.images import sample_image
     from fpnlab.reference import reference_shapes
+    from fpnlab.shapes import REFERENCE
 
-    batch = D.batch_input(sample_image(), 480)
+    batch = D.batch_input(sample_image(), REFERENCE.min_size)
     ref = reference_shapes()
     assert tuple(batch.tensors.shape) == tuple(ref["padded"])
     assert tuple(batch.image_sizes[0]) == tuple(ref["resized"][-2:])
