@@ -26,11 +26,11 @@ def test_the_trace_size_counts_what_torchvision_holds():
     out = ref["P3"][1]
     convs = fpn_conv_costs(h, w, out)
     levels = fpn_level_costs(h, w, out)
-    # P3's 3x3 is the most expensive conv, and most of the pyramid's cost (SPEC: 41 of 59 G)
+    # P3's 3x3 is the most expensive conv, and most of the pyramid's cost (SPEC section 2)
     assert max(convs, key=lambda n: convs[n]["macs"]) == "fpn_layer2"
     assert convs["fpn_layer2"]["macs"] > 0.6 * sum(v["macs"] for v in levels.values())
     assert levels["P3"]["bytes"] == 4 * math.prod(ref["P3"])           # fp32 output
-    # 256 channels cost more than ten times less (SPEC: 59 G vs 4.7 G)
+    # 256 channels cost more than ten times less (SPEC section 2)
     small = fpn_level_costs(h, w, out // 4)
     assert sum(v["macs"] for v in levels.values()) > 10 * sum(v["macs"] for v in small.values())
     channels = [ref[c][1] for c in ("C3", "C4", "C5")]
